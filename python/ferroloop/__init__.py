@@ -1,0 +1,131 @@
+"""ferroloop: asyncio's event loop, rewritten in Rust.
+
+Pick it with any of::
+
+    ferroloop.run(main())
+    asyncio.Runner(loop_factory=ferroloop.new_event_loop)
+    asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
+"""
+
+from __future__ import annotations
+
+import asyncio as _asyncio
+import sys as _sys
+import warnings as _warnings
+
+from . import _ferroloop
+from ._loop import Loop
+from ._policy import EventLoopPolicy
+
+__version__: str = _ferroloop.__version__
+
+__all__ = ("Loop", "new_event_loop", "run", "EventLoopPolicy", "install", "__version__")
+
+
+def new_event_loop() -> Loop:
+    """Return a new ferroloop event loop."""
+    return Loop()
+
+
+def install() -> None:
+    """Make ferroloop the default loop by installing its policy.
+
+    Deprecated on Python 3.12+ (as uvloop.install is): prefer
+    ``ferroloop.run(main())`` or ``asyncio.Runner(loop_factory=ferroloop.new_event_loop)``.
+    """
+    if _sys.version_info >= (3, 12):
+        _warnings.warn(
+            "ferroloop.install() is deprecated in favor of ferroloop.run() "
+            "starting with Python 3.12.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    with _warnings.catch_warnings():
+        # set_event_loop_policy itself is deprecated on 3.14+.
+        _warnings.simplefilter("ignore", DeprecationWarning)
+        _asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main, *, loop_factory=new_event_loop, debug=None, **run_kwargs):
+    """Run a coroutine on a new ferroloop loop, like ``asyncio.run``."""
+
+    async def wrapper():
+        # NOTE: asyncio.run would happily run on another loop; check that the
+        # factory really produced a ferroloop loop, as uvloop.run does.
+        loop = _asyncio.get_running_loop()
+        if not isinstance(loop, Loop):
+            raise TypeError(f"ferroloop.run() uses a non-ferroloop event loop: {loop!r}")
+        return await main
+
+    if not _asyncio.iscoroutine(main):
+        raise ValueError(f"a coroutine was expected, got {main!r}")
+    vi = _sys.version_info[:2]
+    if vi >= (3, 12):
+        return _asyncio.run(wrapper(), loop_factory=loop_factory, debug=debug, **run_kwargs)
+    if vi == (3, 11):
+        with _asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
+            return runner.run(wrapper())
+    return _run_310(wrapper(), loop_factory, debug)
+
+
+def _run_310(coro, loop_factory, debug):
+    """asyncio.run for Python 3.10, which has no Runner."""
+    if _asyncio._get_running_loop() is not None:
+        coro.close()
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
+    loop = loop_factory()
+    try:
+        _asyncio.set_event_loop(loop)
+        if debug is not None:
+            loop.set_debug(debug)
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            _cancel_all_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            _asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_all_tasks(loop):
+    to_cancel = _asyncio.all_tasks(loop)
+    if not to_cancel:
+        return
+    for task in to_cancel:
+        task.cancel()
+    loop.run_until_complete(_asyncio.gather(*to_cancel, return_exceptions=True))
+    for task in to_cancel:
+        if task.cancelled():
+            continue
+        if task.exception() is not None:
+            loop.call_exception_handler(
+                {
+                    "message": "unhandled exception during ferroloop.run() shutdown",
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
+
+
+# `pytest -p ferroloop` loads this package as a pytest plugin: these hooks
+# delegate to ferroloop.pytest_plugin, which imports pytest only when used.
+
+
+def pytest_addoption(parser):
+    from .pytest_plugin import pytest_addoption as hook
+
+    hook(parser)
+
+
+def pytest_configure(config):
+    from .pytest_plugin import pytest_configure as hook
+
+    hook(config)
+
+
+def pytest_unconfigure(config):
+    from .pytest_plugin import pytest_unconfigure as hook
+
+    hook(config)

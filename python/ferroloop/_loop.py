@@ -1,0 +1,515 @@
+"""The long tail of the loop, in Python, over the Rust core.
+
+`Loop` combines the native `EventLoop` (scheduling, timers, the tick, polling)
+with `asyncio.AbstractEventLoop`. What lives here is rare or pure policy:
+run_until_complete, the exception handler, debug mode, the default executor,
+async generators. It mirrors asyncio's `BaseEventLoop` so behaviour and
+messages match; asyncio is the reference wherever the two could differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import sys
+import threading
+import traceback
+import warnings
+import weakref
+from asyncio import coroutines, events, format_helpers, futures, tasks
+
+from . import _ferroloop
+
+__all__ = ("Loop",)
+
+logger = logging.getLogger("asyncio")
+
+_PY312 = sys.version_info >= (3, 12)
+_PY314 = sys.version_info >= (3, 14)
+_DEBUG_STACK_DEPTH = 10
+
+
+def _run_until_complete_cb(fut):
+    if not fut.cancelled():
+        exc = fut.exception()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            # Issue #22429: run_forever() already finished, no need to
+            # stop it.
+            return
+    futures._get_loop(fut).stop()
+
+
+class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
+    """An asyncio event loop whose core is written in Rust."""
+
+    def __init__(self):
+        self._exception_handler = None
+        self._default_executor = None
+        self._executor_shutdown_called = False
+        self._asyncgens = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth = None
+        self._current_handle = None
+        self._clock_resolution = 1e-9
+        # In debug mode, a callback or task step longer than this (seconds)
+        # is logged.
+        self.slow_callback_duration = 0.1
+        self.set_debug(coroutines._is_debug_mode())
+
+    def __repr__(self):
+        return (
+            f"<{self.__class__.__name__} running={self.is_running()} "
+            f"closed={self.is_closed()} debug={self.get_debug()}>"
+        )
+
+    # -- running and stopping ------------------------------------------------
+
+    def _check_running(self):
+        if self.is_running():
+            raise RuntimeError("This event loop is already running")
+        if events._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+
+    def _run_forever_setup(self):
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self.get_debug())
+        self._old_agen_hooks = sys.get_asyncgen_hooks()
+        self._enter_running()
+        sys.set_asyncgen_hooks(
+            firstiter=self._asyncgen_firstiter_hook,
+            finalizer=self._asyncgen_finalizer_hook,
+        )
+        events._set_running_loop(self)
+
+    def _run_forever_cleanup(self):
+        self._leave_running()
+        events._set_running_loop(None)
+        self._set_coroutine_origin_tracking(False)
+        old = getattr(self, "_old_agen_hooks", None)
+        if old is not None:
+            self._old_agen_hooks = None
+            sys.set_asyncgen_hooks(*old)
+
+    def run_forever(self):
+        """Run until stop() is called."""
+        self._run_forever_setup()
+        try:
+            self._run_ticks()
+        finally:
+            self._run_forever_cleanup()
+
+    def run_until_complete(self, future):
+        """Run until the Future is done; return its result or raise its exception.
+
+        A coroutine is wrapped in a Task.
+        """
+        self._check_closed()
+        self._check_running()
+
+        new_task = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if new_task:
+            # An exception is raised if the future didn't complete, so there
+            # is no need to log the "destroy pending task" message.
+            future._log_destroy_pending = False
+
+        future.add_done_callback(_run_until_complete_cb)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                # The coroutine raised a BaseException. Consume the exception
+                # to not log a warning, the caller doesn't have access to the
+                # local task.
+                future.exception()
+            raise
+        finally:
+            future.remove_done_callback(_run_until_complete_cb)
+        if not future.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+
+        return future.result()
+
+    def close(self):
+        """Close the loop: clear the queues and shut down the default executor
+        without waiting for it. The loop must not be running."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self.get_debug():
+            logger.debug("Close %r", self)
+        self._close_native()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    def __del__(self, _warn=warnings.warn):
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # -- debug mode ----------------------------------------------------------
+
+    def set_debug(self, enabled):
+        self._set_debug_flag(bool(enabled))
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
+
+    def _set_coroutine_origin_tracking(self, enabled):
+        if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
+            return
+        if enabled:
+            self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(_DEBUG_STACK_DEPTH)
+        else:
+            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
+        self._coroutine_origin_tracking_enabled = enabled
+
+    def _check_callback(self, callback, method):
+        _check_callback(callback, method)
+
+    def _check_thread(self):
+        if self._thread_id is None:
+            return
+        if threading.get_ident() != self._thread_id:
+            raise RuntimeError(
+                "Non-thread-safe operation invoked on an event loop other than the current one"
+            )
+
+    def _timer_handle_cancelled(self, handle):
+        """Kept for API parity; the native TimerHandle notifies the core."""
+
+    # -- async generators ----------------------------------------------------
+
+    def _asyncgen_finalizer_hook(self, agen):
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    def _asyncgen_firstiter_hook(self, agen):
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after "
+                f"loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+            )
+        self._asyncgens.add(agen)
+
+    async def shutdown_asyncgens(self):
+        """Shutdown all active asynchronous generators."""
+        self._asyncgens_shutdown_called = True
+        if not len(self._asyncgens):
+            return
+        closing_agens = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await tasks.gather(*[ag.aclose() for ag in closing_agens], return_exceptions=True)
+        for result, agen in zip(results, closing_agens):
+            if isinstance(result, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": f"an error occurred during closing of "
+                        f"asynchronous generator {agen!r}",
+                        "exception": result,
+                        "asyncgen": agen,
+                    }
+                )
+
+    # -- executor ------------------------------------------------------------
+
+    def _check_default_executor(self):
+        if self._executor_shutdown_called:
+            raise RuntimeError("Executor shutdown has been called")
+
+    def run_in_executor(self, executor, func, *args):
+        self._check_closed()
+        if self.get_debug():
+            _check_callback(func, "run_in_executor")
+        if executor is None:
+            executor = self._default_executor
+            # Only check when the default executor is being used.
+            self._check_default_executor()
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
+        return futures.wrap_future(executor.submit(func, *args), loop=self)
+
+    def set_default_executor(self, executor):
+        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            raise TypeError("executor must be ThreadPoolExecutor")
+        self._default_executor = executor
+
+    if sys.version_info >= (3, 12):
+
+        async def shutdown_default_executor(self, timeout=None):
+            """Schedule the shutdown of the default executor.
+
+            The timeout parameter specifies the amount of time the executor
+            will be given to finish joining; None waits for it.
+            """
+            await self._shutdown_default_executor(timeout)
+
+    else:
+
+        async def shutdown_default_executor(self):
+            """Schedule the shutdown of the default executor."""
+            await self._shutdown_default_executor(None)
+
+    async def _shutdown_default_executor(self, timeout):
+        self._executor_shutdown_called = True
+        if self._default_executor is None:
+            return
+        future = self.create_future()
+        thread = threading.Thread(target=self._do_shutdown, args=(future,))
+        thread.start()
+        try:
+            if timeout is None:
+                await future
+            else:
+                await tasks.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            warnings.warn(
+                "The executor did not finishing joining "
+                f"its threads within {timeout} seconds.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._default_executor.shutdown(wait=False)
+        else:
+            thread.join()
+
+    def _do_shutdown(self, future):
+        try:
+            self._default_executor.shutdown(wait=True)
+            if not self.is_closed():
+                self.call_soon_threadsafe(_set_result_unless_cancelled, future, None)
+        except Exception as ex:
+            if not self.is_closed() and not future.cancelled():
+                self.call_soon_threadsafe(future.set_exception, ex)
+
+    # -- exception handling --------------------------------------------------
+
+    def get_exception_handler(self):
+        """Return an exception handler, or None if the default one is in use."""
+        return self._exception_handler
+
+    def set_exception_handler(self, handler):
+        """Set handler(loop, context) as the loop's exception handler; None
+        restores the default."""
+        if handler is not None and not callable(handler):
+            raise TypeError(f"A callable object or None is expected, got {handler!r}")
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context):
+        """Log the context's message, exception and other keys, as asyncio's
+        default handler does."""
+        message = context.get("message")
+        if not message:
+            message = "Unhandled exception in event loop"
+
+        exception = context.get("exception")
+        if exception is not None:
+            exc_info = (type(exception), exception, exception.__traceback__)
+        else:
+            exc_info = False
+
+        current = self._current_handle
+        if (
+            "source_traceback" not in context
+            and current is not None
+            and current._source_traceback
+        ):
+            context["handle_traceback"] = current._source_traceback
+
+        log_lines = [message]
+        for key in sorted(context):
+            if key in {"message", "exception"}:
+                continue
+            value = context[key]
+            if key == "source_traceback":
+                tb = "".join(traceback.format_list(value))
+                value = "Object created at (most recent call last):\n"
+                value += tb.rstrip()
+            elif key == "handle_traceback":
+                tb = "".join(traceback.format_list(value))
+                value = "Handle created at (most recent call last):\n"
+                value += tb.rstrip()
+            else:
+                value = repr(value)
+            log_lines.append(f"{key}: {value}")
+
+        logger.error("\n".join(log_lines), exc_info=exc_info)
+
+    def call_exception_handler(self, context):
+        """Call the loop's exception handler with a context dict (keys:
+        message, exception, future, task, handle, protocol, transport,
+        socket, asyncgen)."""
+        if self._exception_handler is None:
+            try:
+                self.default_exception_handler(context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                # Second protection layer for unexpected errors in the default
+                # implementation, as well as for subclassed event loops with
+                # an overloaded "default_exception_handler".
+                logger.error("Exception in default exception handler", exc_info=True)
+        else:
+            try:
+                ctx = None
+                thing = context.get("task")
+                if thing is None:
+                    # Even though Futures don't have a context, Task is a
+                    # subclass of Future, and sometimes the 'future' key holds
+                    # a Task.
+                    thing = context.get("future")
+                if thing is None:
+                    # Handles also have a context.
+                    thing = context.get("handle")
+                if thing is not None and hasattr(thing, "get_context"):
+                    ctx = thing.get_context()
+                if _PY312 and ctx is not None and hasattr(ctx, "run"):
+                    ctx.run(self._exception_handler, self, context)
+                else:
+                    self._exception_handler(self, context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                # Exception in the user set custom exception handler.
+                try:
+                    # Let's try default handler.
+                    self.default_exception_handler(
+                        {
+                            "message": "Unhandled error in exception handler",
+                            "exception": exc,
+                            "context": context,
+                        }
+                    )
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException:
+                    # Guard 'default_exception_handler' in case it is
+                    # overloaded.
+                    logger.error(
+                        "Exception in default exception handler "
+                        "while handling an unexpected error "
+                        "in custom exception handler",
+                        exc_info=True,
+                    )
+
+    # -- not yet implemented: networking, pipes, subprocesses, signals -------
+    # These come with issue #3 and later; until then asyncio.AbstractEventLoop's
+    # NotImplementedError is raised for them.
+
+
+def _set_result_unless_cancelled(fut, result):
+    if not fut.cancelled():
+        fut.set_result(result)
+
+
+# -- helpers called from the Rust core -----------------------------------------
+
+
+def _check_callback(callback, method):
+    if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        raise TypeError(f"coroutines cannot be used with {method}()")
+    if not callable(callback):
+        raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+
+
+def _extract_stack():
+    """The creation stack of a handle, ending at the caller of call_soon & co
+    (the native method adds no Python frame)."""
+    return format_helpers.extract_stack(sys._getframe(1))
+
+
+def _handle_repr(handle):
+    info = [handle.__class__.__name__]
+    if handle.cancelled():
+        info.append("cancelled")
+    callback = handle._callback
+    if callback is not None:
+        info.append(format_helpers._format_callback_source(callback, handle._args))
+    tb = handle._source_traceback
+    if tb:
+        frame = tb[-1]
+        info.append(f"created at {frame[0]}:{frame[1]}")
+    if isinstance(handle, _ferroloop.TimerHandle):
+        info.insert(2 if handle.cancelled() else 1, f"when={handle.when()}")
+    return "<{}>".format(" ".join(info))
+
+
+def _report_callback_error(loop, handle, exc):
+    callback = handle._callback
+    cb = format_helpers._format_callback_source(callback, handle._args)
+    context = {
+        "message": f"Exception in callback {cb}",
+        "exception": exc,
+        "handle": handle,
+    }
+    tb = handle._source_traceback
+    if tb:
+        context["source_traceback"] = tb
+    loop.call_exception_handler(context)
+
+
+def _log_slow_callback(handle, dt):
+    # asyncio's _format_handle: a Task step is reported as the task.
+    cb = handle._callback
+    if isinstance(getattr(cb, "__self__", None), tasks.Task):
+        what = repr(cb.__self__)
+    else:
+        what = str(handle)
+    logger.warning("Executing %s took %.3f seconds", what, dt)
+
+
+def _trim_source_traceback(task):
+    tb = getattr(task, "_source_traceback", None)
+    if tb:
+        del tb[-1]
+
+
+def _create_task_slow(loop, coro, name, context, kwargs):
+    """create_task with a task factory or 3.14's extra keyword arguments."""
+    kwargs = dict(kwargs or {})
+    if kwargs and not _PY314:
+        raise TypeError(
+            f"create_task() got an unexpected keyword argument {next(iter(kwargs))!r}"
+        )
+    factory = loop.get_task_factory()
+    if _PY314:
+        if name is not None:
+            kwargs["name"] = name
+        if context is not None:
+            kwargs["context"] = context
+        if factory is not None:
+            return factory(loop, coro, **kwargs)
+        task = tasks.Task(coro, loop=loop, **kwargs)
+        if loop.get_debug():
+            _trim_source_traceback(task)
+        return task
+    if context is None:
+        # Use the legacy API if context is not needed.
+        task = factory(loop, coro)
+    else:
+        task = factory(loop, coro, context=context)
+    if name is not None:
+        try:
+            set_name = task.set_name
+        except AttributeError:
+            warnings.warn(
+                "Task.set_name() was added in Python 3.8, the method support "
+                "will be mandatory for third-party task implementations since 3.13.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        else:
+            set_name(name)
+    return task

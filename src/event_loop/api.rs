@@ -1,0 +1,251 @@
+//! The one `#[pymethods]` block of `EventLoop`: thin argument shims over the
+//! logic in `ready.rs` and `tick.rs`. The long tail (run_until_complete,
+//! exception handler, executor, asyncgens) is in `python/ferroloop/_loop.py`.
+
+use std::sync::atomic::Ordering;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use super::EventLoop;
+use crate::clock;
+use crate::handles::{Handle, TimerHandle};
+use crate::py;
+
+/// A delay or deadline as a float, computed as asyncio computes it.
+fn seconds(base: f64, value: &Bound<'_, PyAny>) -> PyResult<(f64, Option<Py<PyAny>>)> {
+    if value.is_exact_instance_of::<PyFloat>() || value.is_exact_instance_of::<PyInt>() {
+        return Ok((base + value.extract::<f64>()?, None));
+    }
+    // NOTE: asyncio evaluates `self.time() + delay`; doing the same keeps its
+    // exceptions (TypeError for a str, OverflowError for a huge int).
+    let sum = PyFloat::new(value.py(), base).add(value)?;
+    let f = sum.extract::<f64>()?;
+    Ok((f, if base == 0.0 { Some(value.clone().unbind()) } else { None }))
+}
+
+#[pymethods]
+impl EventLoop {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn __new__(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        Self::create()
+    }
+
+    /// The loop's clock: `time.monotonic()`'s clock, nanosecond resolution.
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon<'py>(
+        slf: &Bound<'py, Self>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        Self::call_soon_impl(slf, callback, args, context)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe<'py>(
+        slf: &Bound<'py, Self>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        Self::call_soon_threadsafe_impl(slf, callback, args, context)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later<'py>(
+        slf: &Bound<'py, Self>,
+        delay: Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let (when, _) = seconds(clock::monotonic(), &delay)?;
+        Self::call_at_impl(slf, when, None, callback, args, context, "call_later")
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at<'py>(
+        slf: &Bound<'py, Self>,
+        when: Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let (w, obj) = if when.is_exact_instance_of::<PyFloat>() {
+            (when.extract::<f64>()?, None)
+        } else {
+            (when.extract::<f64>()?, Some(when.clone().unbind()))
+        };
+        Self::call_at_impl(slf, w, obj, callback, args, context, "call_at")
+    }
+
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        py::new_future(slf.py(), slf.as_any())
+    }
+
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: Bound<'py, PyAny>,
+        name: Option<Bound<'py, PyAny>>,
+        context: Option<Bound<'py, PyAny>>,
+        kwargs: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_usable()?;
+        let has_factory = this.task_factory.lock().is_some();
+        let has_kwargs = kwargs.as_ref().is_some_and(|k| !k.is_empty());
+        if has_factory || has_kwargs {
+            return py::call_helper(py, "_create_task_slow", (slf, coro, name, context, kwargs));
+        }
+        let none = py.None().into_bound(py);
+        let task = py::new_task(
+            py,
+            &coro,
+            slf.as_any(),
+            name.as_ref().unwrap_or(&none),
+            context.as_ref().unwrap_or(&none),
+        )?;
+        if this.debug_enabled() {
+            py::call_helper(py, "_trim_source_traceback", (&task,))?;
+        }
+        Ok(task)
+    }
+
+    fn set_task_factory(&self, factory: Bound<'_, PyAny>) -> PyResult<()> {
+        if !factory.is_none() && !factory.is_callable() {
+            return Err(PyTypeError::new_err("task factory must be a callable or None"));
+        }
+        let new = (!factory.is_none()).then(|| factory.unbind());
+        let old = std::mem::replace(&mut *self.task_factory.lock(), new);
+        drop(old);
+        Ok(())
+    }
+
+    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task_factory.lock().as_ref().map(|f| f.clone_ref(py))
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug_enabled()
+    }
+
+    /// Sets the flag only; `Loop.set_debug` adds asyncio's side effects.
+    fn _set_debug_flag(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        // NOTE: stop() from another thread is not thread-safe in asyncio
+        // either, but waking costs nothing when the loop is not asleep.
+        self.wake();
+    }
+
+    fn is_running(&self) -> bool {
+        self.running()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn _check_closed(&self) -> PyResult<()> {
+        self.check_usable()
+    }
+
+    /// Marks the loop as running in the calling thread.
+    fn _enter_running(&self) -> PyResult<()> {
+        self.check_usable()?;
+        let me = py::thread_ident();
+        if self
+            .thread_id
+            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(PyRuntimeError::new_err("This event loop is already running"));
+        }
+        Ok(())
+    }
+
+    fn _leave_running(&self) {
+        self.stopping.store(false, Ordering::Relaxed);
+        self.thread_id.store(0, Ordering::Release);
+    }
+
+    /// asyncio's `while True: self._run_once(); if self._stopping: break`.
+    fn _run_ticks(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::run_ticks(slf)
+    }
+
+    /// asyncio's `_run_once`.
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().check_usable()?;
+        Self::run_once(slf)
+    }
+
+    fn _close_native(&self) {
+        self.close_core();
+    }
+
+    #[getter]
+    fn _thread_id(&self) -> Option<u64> {
+        match self.thread_id.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    #[getter]
+    fn _stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn _closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    #[getter]
+    fn _debug(&self) -> bool {
+        self.debug_enabled()
+    }
+
+    #[getter]
+    fn _timer_cancelled_count(&self) -> usize {
+        self.timer_cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Number of handles in the ready queue (asyncio's `len(loop._ready)`).
+    fn _ready_count(&self) -> usize {
+        self.core.lock().ready.len()
+    }
+
+    /// Number of entries in the timer heap (asyncio's `len(loop._scheduled)`).
+    fn _scheduled_count(&self) -> usize {
+        self.core.lock().timers.len()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.traverse(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.clear();
+    }
+}

@@ -1,0 +1,201 @@
+//! The `EventLoop` pyclass: the native core under `ferroloop.Loop`.
+//!
+//! Threading model: every field is either immutable, atomic, or behind a
+//! parking_lot lock that is never held while Python code runs (dropping a
+//! Python object can run arbitrary code, so things taken out of a locked
+//! structure are dropped after the lock is released).
+
+mod api;
+mod ready;
+mod tick;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+
+use mio::Waker;
+use parking_lot::Mutex;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::errors;
+use crate::handles::{Handle, TimerHandle};
+use crate::io::poller::Poller;
+use crate::timers::TimerHeap;
+
+/// Bumped in the child after every `fork()`: a loop created before the fork
+/// shares its epoll instance with the parent and must not run in the child.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+static FORK_HOOK: Once = Once::new();
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+fn install_fork_hook() {
+    FORK_HOOK.call_once(|| {
+        // SAFETY: registers a handler that only touches an atomic, which is
+        // async-signal-safe and valid in a freshly forked child.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+}
+
+/// Loop-thread state behind one lock.
+#[derive(Default)]
+pub(crate) struct Core {
+    /// asyncio's `_ready`.
+    pub ready: VecDeque<Py<Handle>>,
+    /// An empty deque kept to swap with `ready` at each tick (no realloc).
+    pub spare: VecDeque<Py<Handle>>,
+    /// asyncio's `_scheduled`.
+    pub timers: TimerHeap<Py<TimerHandle>>,
+}
+
+#[pyclass(frozen, subclass, dict, weakref, module = "ferroloop._ferroloop")]
+pub struct EventLoop {
+    pub(crate) core: Mutex<Core>,
+    /// `None` once the loop is closed.
+    pub(crate) poller: Mutex<Option<Poller>>,
+    pub(crate) waker: Arc<Waker>,
+    /// The loop is (about to be) blocked in poll: wake it on new work.
+    pub(crate) sleeping: AtomicBool,
+    pub(crate) stopping: AtomicBool,
+    pub(crate) closed: AtomicBool,
+    pub(crate) debug: AtomicBool,
+    /// `threading.get_ident()` of the running thread; 0 when not running.
+    pub(crate) thread_id: AtomicU64,
+    /// asyncio's `_timer_cancelled_count`.
+    pub(crate) timer_cancelled: AtomicUsize,
+    /// User I/O registrations: with none, a zero-timeout poll is skipped.
+    pub(crate) io_sources: AtomicUsize,
+    pub(crate) task_factory: Mutex<Option<Py<PyAny>>>,
+    fork_generation: u64,
+    creator_pid: u32,
+}
+
+impl EventLoop {
+    pub(crate) fn create() -> PyResult<Self> {
+        install_fork_hook();
+        let poller = Poller::new().map_err(errors::os_error)?;
+        let waker = poller.waker();
+        Ok(Self {
+            core: Mutex::new(Core::default()),
+            poller: Mutex::new(Some(poller)),
+            waker,
+            sleeping: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            thread_id: AtomicU64::new(0),
+            timer_cancelled: AtomicUsize::new(0),
+            io_sources: AtomicUsize::new(0),
+            task_factory: Mutex::new(None),
+            fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
+            creator_pid: std::process::id(),
+        })
+    }
+
+    #[inline]
+    pub(crate) fn debug_enabled(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn running(&self) -> bool {
+        self.thread_id.load(Ordering::Acquire) != 0
+    }
+
+    /// asyncio's `_check_closed`, plus the fork check.
+    #[inline]
+    pub(crate) fn check_usable(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
+        self.check_not_forked()
+    }
+
+    #[inline]
+    pub(crate) fn check_not_forked(&self) -> PyResult<()> {
+        if self.fork_generation != FORK_GENERATION.load(Ordering::Relaxed) {
+            return Err(PyRuntimeError::new_err(format!(
+                "this event loop was created in process {} and cannot be used \
+                 after os.fork() in a child process; create a new event loop \
+                 in the child",
+                self.creator_pid
+            )));
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_check_thread` (debug mode only).
+    pub(crate) fn check_thread(&self) -> PyResult<()> {
+        let tid = self.thread_id.load(Ordering::Acquire);
+        if tid != 0 && tid != crate::py::thread_ident() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_timer_handle_cancelled` for a scheduled timer.
+    pub(crate) fn timer_cancelled(&self) {
+        self.timer_cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Clears the queues and releases the poller (asyncio's `close()` core).
+    pub(crate) fn close_core(&self) {
+        self.closed.store(true, Ordering::Release);
+        let (ready, spare, timers) = {
+            let mut core = self.core.lock();
+            (
+                std::mem::take(&mut core.ready),
+                std::mem::take(&mut core.spare),
+                core.timers.drain(),
+            )
+        };
+        for t in &timers {
+            t.get().set_unscheduled();
+        }
+        self.timer_cancelled.store(0, Ordering::Relaxed);
+        let poller = self.poller.lock().take();
+        drop(poller);
+        // Dropped outside the lock: handles may hold objects with __del__.
+        drop((ready, spare, timers));
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(core) = self.core.try_lock() {
+            for h in core.ready.iter() {
+                visit.call(h)?;
+            }
+            let mut err = Ok(());
+            core.timers_for_each(|t| {
+                if err.is_ok() {
+                    err = visit.call(t);
+                }
+            });
+            err?;
+        }
+        if let Some(f) = self.task_factory.try_lock() {
+            visit.call(&*f)?;
+        }
+        Ok(())
+    }
+
+    fn clear(&self) {
+        let (ready, timers) = {
+            let mut core = self.core.lock();
+            (std::mem::take(&mut core.ready), core.timers.drain())
+        };
+        let factory = self.task_factory.lock().take();
+        drop((ready, timers, factory));
+    }
+}
+
+impl Core {
+    fn timers_for_each(&self, f: impl FnMut(&Py<TimerHandle>)) {
+        self.timers.for_each(f);
+    }
+}

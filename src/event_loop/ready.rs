@@ -1,0 +1,128 @@
+//! Scheduling: `call_soon`, `call_soon_threadsafe`, `call_at`, and the wake-up
+//! of a loop blocked in poll.
+//!
+//! NOTE: handles from other threads go into the same queue as `call_soon`'s,
+//! under the same lock, so `call_soon_threadsafe` keeps FIFO order with
+//! `call_soon` exactly as asyncio's single deque does. The lock is never
+//! contended in practice: the other thread needs the GIL to call us, and the
+//! loop thread only releases the GIL while blocked in poll, not holding it.
+
+use std::sync::atomic::Ordering;
+
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use super::EventLoop;
+use crate::handles::{Handle, TimerHandle};
+use crate::py;
+
+impl EventLoop {
+    /// Builds a Handle for `callback(*args)` in `context` (a copy of the
+    /// current context when `None`).
+    pub(crate) fn make_handle<'py>(
+        slf: &Bound<'py, Self>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Handle> {
+        let py = slf.py();
+        let context = match context {
+            Some(c) if !c.is_none() => c,
+            _ => py::copy_context(py)?,
+        };
+        let tb = if slf.get().debug_enabled() {
+            Some(py::call_helper(py, "_extract_stack", ())?.unbind())
+        } else {
+            None
+        };
+        Ok(Handle::new(
+            callback.unbind(),
+            args.unbind(),
+            context.unbind(),
+            slf.clone().unbind(),
+            tb,
+        ))
+    }
+
+    /// Debug-mode checks asyncio makes before scheduling.
+    pub(crate) fn debug_checks(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<()> {
+        if check_thread {
+            slf.get().check_thread()?;
+        }
+        py::call_helper(slf.py(), "_check_callback", (callback, method))?;
+        Ok(())
+    }
+
+    pub(crate) fn call_soon_impl<'py>(
+        slf: &Bound<'py, Self>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let this = slf.get();
+        this.check_usable()?;
+        if this.debug_enabled() {
+            Self::debug_checks(slf, &callback, "call_soon", true)?;
+        }
+        let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, context)?)?;
+        this.core.lock().ready.push_back(handle.clone().unbind());
+        Ok(handle)
+    }
+
+    pub(crate) fn call_soon_threadsafe_impl<'py>(
+        slf: &Bound<'py, Self>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let this = slf.get();
+        this.check_usable()?;
+        if this.debug_enabled() {
+            Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
+        }
+        let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, context)?)?;
+        this.core.lock().ready.push_back(handle.clone().unbind());
+        this.wake();
+        Ok(handle)
+    }
+
+    /// Wakes the loop if it is blocked (or about to block) in poll. Many
+    /// callers while it sleeps cost one eventfd write.
+    pub(crate) fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            // A failed wake (eventfd full) still leaves the fd readable.
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// asyncio's `call_at` with the deadline already a float.
+    pub(crate) fn call_at_impl<'py>(
+        slf: &Bound<'py, Self>,
+        when: f64,
+        when_obj: Option<Py<PyAny>>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+        method: &str,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        let this = slf.get();
+        this.check_usable()?;
+        if this.debug_enabled() {
+            Self::debug_checks(slf, &callback, method, true)?;
+        }
+        let base = Self::make_handle(slf, callback, args, context)?;
+        let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, when_obj));
+        let timer = Bound::new(slf.py(), init)?;
+        this.core.lock().timers.push(when, timer.clone().unbind());
+        // A timer added from another thread must re-arm a sleeping loop.
+        if this.sleeping.load(Ordering::Relaxed) {
+            this.wake();
+        }
+        Ok(timer)
+    }
+}

@@ -1,0 +1,205 @@
+//! One iteration of the loop, in asyncio's `_run_once` order: drop cancelled
+//! timers, compute the timeout, poll (GIL released only if it blocks), move
+//! due timers to the ready queue, then run exactly the handles that were ready
+//! at that point; what they schedule waits for the next tick.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
+use pyo3::intern;
+use pyo3::prelude::*;
+
+use super::EventLoop;
+use crate::clock;
+use crate::errors;
+use crate::handles::{Handle, TimerHandle};
+use crate::py;
+use crate::timers;
+
+/// asyncio's `_clock_resolution` for CLOCK_MONOTONIC on Linux.
+const CLOCK_RESOLUTION: f64 = 1e-9;
+
+impl EventLoop {
+    /// Runs ticks until `stop()` (asyncio's `while True: _run_once()`).
+    pub(crate) fn run_ticks(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        loop {
+            this.check_not_forked()?;
+            Self::run_once(slf)?;
+            if this.stopping.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Drops cancelled timers from the head of the heap, or rebuilds the heap
+    /// when most of it is cancelled. Returns the dropped handles so they are
+    /// released after the lock.
+    fn sweep_timers(&self, py: Python<'_>) -> Vec<Py<TimerHandle>> {
+        let mut core = self.core.lock();
+        let len = core.timers.len();
+        let cancelled = self.timer_cancelled.load(Ordering::Relaxed);
+        if timers::should_compact(len, cancelled) {
+            let removed = core.timers.extract_if(|t| timer_cancelled(py, t));
+            for t in &removed {
+                t.get().set_unscheduled();
+            }
+            self.timer_cancelled.store(0, Ordering::Relaxed);
+            return removed;
+        }
+        let mut removed = Vec::new();
+        while let Some(top) = core.timers.peek() {
+            if !timer_cancelled(py, &top.item) {
+                break;
+            }
+            if let Some(e) = core.timers.pop() {
+                e.item.get().set_unscheduled();
+                removed.push(e.item);
+            }
+            let _ = self
+                .timer_cancelled
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+        removed
+    }
+
+    /// Blocks in poll when there is nothing to run. Returns whether a signal
+    /// interrupted the poll.
+    fn wait_for_work(&self, py: Python<'_>) -> PyResult<bool> {
+        // Announce the sleep first, then look: a thread that queues work
+        // after our look sees `sleeping` and wakes us (see `wake`).
+        self.sleeping.store(true, Ordering::SeqCst);
+        let (has_ready, deadline) = {
+            let core = self.core.lock();
+            (!core.ready.is_empty(), core.timers.next_deadline())
+        };
+        let must_poll_io = self.io_sources.load(Ordering::Relaxed) > 0;
+        let due_now = deadline.is_some_and(|d| d <= clock::monotonic());
+        if has_ready || self.stopping.load(Ordering::Relaxed) || due_now {
+            self.sleeping.store(false, Ordering::SeqCst);
+            if !must_poll_io {
+                return Ok(false);
+            }
+            return self.poll(py, Some(Duration::ZERO));
+        }
+        let interrupted = {
+            let mut guard = self.poller.lock();
+            let Some(poller) = guard.as_mut() else {
+                self.sleeping.store(false, Ordering::SeqCst);
+                return Err(PyRuntimeError::new_err("Event loop is closed"));
+            };
+            if let Some(d) = deadline {
+                poller.arm_timer(d).map_err(errors::os_error)?;
+            }
+            let res = py.detach(|| poller.poll(None));
+            self.sleeping.store(false, Ordering::SeqCst);
+            res.map_err(errors::os_error)?.interrupted
+        };
+        Ok(interrupted)
+    }
+
+    /// A poll that does not block: the GIL is kept.
+    fn poll(&self, _py: Python<'_>, timeout: Option<Duration>) -> PyResult<bool> {
+        let mut guard = self.poller.lock();
+        match guard.as_mut() {
+            Some(p) => Ok(p.poll(timeout).map_err(errors::os_error)?.interrupted),
+            None => Err(PyRuntimeError::new_err("Event loop is closed")),
+        }
+    }
+
+    /// Moves due timers to the ready queue.
+    fn schedule_due_timers(&self, py: Python<'_>) {
+        let end_time = clock::monotonic() + CLOCK_RESOLUTION;
+        let mut core = self.core.lock();
+        while let Some(e) = core.timers.pop_due(end_time) {
+            let timer = e.item;
+            timer.get().set_unscheduled();
+            if timer_cancelled(py, &timer) {
+                let _ = self
+                    .timer_cancelled
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
+            core.ready.push_back(timer.into_bound(py).into_super().unbind());
+        }
+    }
+
+    pub(crate) fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        drop(this.sweep_timers(py));
+
+        if this.wait_for_work(py)? {
+            // NOTE: a signal interrupted the poll (PEP 475): run Python's
+            // handlers now; KeyboardInterrupt from SIGINT leaves the loop.
+            py.check_signals()?;
+        }
+
+        this.schedule_due_timers(py);
+
+        let mut batch = {
+            let mut core = this.core.lock();
+            let spare = std::mem::take(&mut core.spare);
+            std::mem::replace(&mut core.ready, spare)
+        };
+        while let Some(handle) = batch.pop_front() {
+            if handle.get().is_cancelled() {
+                continue;
+            }
+            if let Err(err) = Self::run_handle(slf, handle.bind(py)) {
+                // Leave the rest for the next run, in order (asyncio's deque).
+                let mut core = this.core.lock();
+                while let Some(h) = batch.pop_back() {
+                    core.ready.push_front(h);
+                }
+                return Err(err);
+            }
+        }
+        let mut core = this.core.lock();
+        if core.spare.capacity() < batch.capacity() {
+            core.spare = batch;
+        }
+        Ok(())
+    }
+
+    /// Runs one handle (asyncio's `Handle._run` plus `_run_once`'s debug
+    /// bookkeeping): its exception goes to the exception handler; only
+    /// KeyboardInterrupt, SystemExit and an error raised while reporting
+    /// escape.
+    pub(crate) fn run_handle(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        if !slf.get().debug_enabled() {
+            return Self::run_and_report(slf, handle);
+        }
+        let current = intern!(py, "_current_handle");
+        slf.setattr(current, handle)?;
+        let t0 = clock::monotonic();
+        let result = Self::run_and_report(slf, handle);
+        let dt = clock::monotonic() - t0;
+        slf.setattr(current, py.None())?;
+        result?;
+        let limit: f64 = slf
+            .getattr(intern!(py, "slow_callback_duration"))?
+            .extract()?;
+        if dt >= limit {
+            py::call_helper(py, "_log_slow_callback", (handle, dt))?;
+        }
+        Ok(())
+    }
+
+    fn run_and_report(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let Err(err) = handle.get().run(py) else {
+            return Ok(());
+        };
+        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+            return Err(err);
+        }
+        py::call_helper(py, "_report_callback_error", (slf, handle, err.into_value(py)))?;
+        Ok(())
+    }
+}
+
+fn timer_cancelled(py: Python<'_>, t: &Py<TimerHandle>) -> bool {
+    t.bind(py).as_super().get().is_cancelled()
+}

@@ -1,0 +1,253 @@
+//! `Handle` and `TimerHandle`: what `call_soon` / `call_later` return and what
+//! the ready queue holds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::event_loop::EventLoop;
+use crate::py;
+
+/// The callable and its positional arguments; dropped on `cancel()` as
+/// asyncio does, so a cancelled timer does not keep its arguments alive.
+pub(crate) struct Callback {
+    pub func: Py<PyAny>,
+    pub args: Py<PyTuple>,
+}
+
+/// A callback scheduled with `call_soon` / `call_soon_threadsafe`.
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+pub struct Handle {
+    callback: Mutex<Option<Callback>>,
+    context: Py<PyAny>,
+    event_loop: Py<EventLoop>,
+    cancelled: AtomicBool,
+    /// `format_helpers.extract_stack()` at creation, in debug mode only.
+    source_traceback: Option<Py<PyAny>>,
+    /// The repr kept on cancel in debug mode (asyncio's `_repr`).
+    repr_cache: Mutex<Option<Py<PyAny>>>,
+}
+
+/// A callback scheduled with `call_later` / `call_at`.
+#[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
+pub struct TimerHandle {
+    when: f64,
+    /// `when` as the caller gave it, when it was not a float (asyncio's
+    /// `when()` returns the object it was given).
+    when_obj: Option<Py<PyAny>>,
+    /// In the loop's timer heap (asyncio's `_scheduled`).
+    scheduled: AtomicBool,
+}
+
+impl Handle {
+    pub(crate) fn new(
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Py<PyAny>,
+        event_loop: Py<EventLoop>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        Self {
+            callback: Mutex::new(Some(Callback { func, args })),
+            context,
+            event_loop,
+            cancelled: AtomicBool::new(false),
+            source_traceback,
+            repr_cache: Mutex::new(None),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    fn callback_parts(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
+        self.callback
+            .lock()
+            .as_ref()
+            .map(|cb| (cb.func.clone_ref(py), cb.args.clone_ref(py)))
+    }
+
+    /// Runs the callback inside its context, as `context.run(cb, *args)`.
+    /// Returns the callback's exception, if any; the caller reports it.
+    pub(crate) fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let Some((func, args)) = self.callback_parts(py) else {
+            return Ok(());
+        };
+        let ctx = self.context.as_ptr();
+        // SAFETY: `ctx`, `func` and `args` are live objects we hold strong
+        // references to for the whole block; PyContext_Enter/Exit are paired
+        // exactly as Context.run pairs them, and an exception raised by the
+        // call stays set across PyContext_Exit (which does not clear it).
+        unsafe {
+            if ffi::PyContext_Enter(ctx) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+            let result = ffi::PyObject_Call(func.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+            let exit_failed = ffi::PyContext_Exit(ctx) < 0;
+            if result.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            ffi::Py_DECREF(result);
+            if exit_failed {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        Ok(())
+    }
+
+    /// asyncio's `Handle.cancel()`: mark, keep a repr in debug mode, drop the
+    /// callback and its arguments. Returns whether this call cancelled it.
+    pub(crate) fn cancel_once(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let this = slf.get();
+        if this.cancelled.swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        if this.event_loop.get().debug_enabled() {
+            let r = slf.repr()?.into_any().unbind();
+            *this.repr_cache.lock() = Some(r);
+        }
+        let old = this.callback.lock().take();
+        drop(old); // outside the lock: dropping may run Python code
+        Ok(true)
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(cb) = self.callback.try_lock() {
+            if let Some(cb) = cb.as_ref() {
+                visit.call(&cb.func)?;
+                visit.call(&cb.args)?;
+            }
+        }
+        visit.call(&self.context)?;
+        visit.call(&self.event_loop)?;
+        visit.call(&self.source_traceback)?;
+        if let Some(r) = self.repr_cache.try_lock() {
+            visit.call(&*r)?;
+        }
+        Ok(())
+    }
+}
+
+impl TimerHandle {
+    pub(crate) fn new(when: f64, when_obj: Option<Py<PyAny>>) -> Self {
+        Self {
+            when,
+            when_obj,
+            scheduled: AtomicBool::new(true),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn when_f64(&self) -> f64 {
+        self.when
+    }
+
+    pub(crate) fn set_unscheduled(&self) {
+        self.scheduled.store(false, Ordering::Relaxed);
+    }
+}
+
+#[pymethods]
+impl Handle {
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Handle::cancel_once(slf).map(|_| ())
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        if let Some(r) = slf.get().repr_cache.lock().as_ref() {
+            return Ok(r.clone_ref(slf.py()));
+        }
+        Ok(py::call_helper(slf.py(), "_handle_repr", (slf,))?.unbind())
+    }
+
+    /// Runs the callback as the loop does (asyncio's `Handle._run`): an
+    /// exception goes to the loop's exception handler.
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let loop_obj = this.event_loop.bind(slf.py());
+        EventLoop::run_handle(loop_obj, slf)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback_parts(py).map(|(f, _)| f)
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.callback_parts(py).map(|(_, a)| a)
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<EventLoop> {
+        self.event_loop.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.traverse(&visit)
+    }
+
+    fn __clear__(&self) {
+        let old = self.callback.lock().take();
+        drop(old);
+        let old = self.repr_cache.lock().take();
+        drop(old);
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self, py: Python<'_>) -> Py<PyAny> {
+        match &self.when_obj {
+            Some(w) => w.clone_ref(py),
+            None => self.when.into_pyobject(py).map(|f| f.into_any().unbind()).unwrap_or_else(|e| match e {}),
+        }
+    }
+
+    #[getter]
+    fn _when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when(py)
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let base = slf.as_super();
+        if Handle::cancel_once(base)? && slf.get().scheduled.load(Ordering::Relaxed) {
+            base.get().event_loop.get().timer_cancelled();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,2 @@
+//! Readiness: the mio poller and, in later issues, fd watchers.
+pub mod poller;
