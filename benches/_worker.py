@@ -247,8 +247,7 @@ def main():
     finally:
         asyncio.set_event_loop(None)
         loop.close()
-    json.dump({"bench": args.bench, "loop": args.loop, "n": n, "seconds": seconds},
-              sys.stdout)
+    json.dump({"bench": args.bench, "loop": args.loop, "n": n, "seconds": seconds}, sys.stdout)
     print()
 
 

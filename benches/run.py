@@ -9,6 +9,8 @@ Reports median, min, max and IQR over the rounds, plus the ratio to uvloop
 """
 
 import argparse
+import importlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -18,7 +20,8 @@ import subprocess
 import sys
 
 sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
-from _worker import BENCHES, LOOPS  # noqa: E402
+_worker = importlib.import_module("_worker")
+BENCHES, LOOPS = _worker.BENCHES, _worker.LOOPS
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 
@@ -35,9 +38,8 @@ def version(name):
     if name == "asyncio":
         return "CPython " + platform.python_version()
     try:
-        from importlib.metadata import version as v
-        return f"{name} {v(name)}"
-    except Exception:
+        return f"{name} {importlib.metadata.version(name)}"
+    except importlib.metadata.PackageNotFoundError:
         return name
 
 
@@ -46,7 +48,7 @@ def sample(bench, loop, args):
     if args.pin is not None:
         cmd += ["--cpu", str(args.pin)]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return None, f"timed out after {args.timeout}s"
     if p.returncode != 0:
@@ -71,20 +73,19 @@ def table(results, benches, loops, markdown):
                 rows.append([bench, loop, "FAIL", "", "", "", ""])
                 continue
             med = statistics.median(ts)
-            q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+            q = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) > 1 else [ts[0]] * 3
             ratio = f"{base / med:.2f}x" if base else "-"
-            rows.append([bench, loop, fmt(med), fmt(min(ts)), fmt(max(ts)),
-                         fmt(q[2] - q[0]), ratio])
+            rows.append(
+                [bench, loop, fmt(med), fmt(min(ts)), fmt(max(ts)), fmt(q[2] - q[0]), ratio]
+            )
     if markdown:
-        lines = ["| " + " | ".join(head) + " |",
-                 "|" + "|".join(["---"] * 2 + ["---:"] * 5) + "|"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 5) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
     else:
         w = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
 
         def just(r):
-            return "  ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i])
-                             for i, c in enumerate(r))
+            return "  ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(r))
 
         lines = [just(head), "  ".join("-" * x for x in w)] + [just(r) for r in rows]
     return "\n".join(lines)
@@ -92,11 +93,19 @@ def table(results, benches, loops, markdown):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=9, help="samples per benchmark per loop")
-    p.add_argument("--only", type=lambda s: csv(s, list(BENCHES)), default=list(BENCHES),
-                   help="comma-separated benchmarks: " + ",".join(BENCHES))
-    p.add_argument("--loops", type=lambda s: csv(s, LOOPS), default=list(LOOPS),
-                   help="comma-separated loops (default: all installed)")
+    p.add_argument("--rounds", type=int, default=12, help="samples per benchmark per loop")
+    p.add_argument(
+        "--only",
+        type=lambda s: csv(s, list(BENCHES)),
+        default=list(BENCHES),
+        help="comma-separated benchmarks: " + ",".join(BENCHES),
+    )
+    p.add_argument(
+        "--loops",
+        type=lambda s: csv(s, LOOPS),
+        default=list(LOOPS),
+        help="comma-separated loops (default: all installed)",
+    )
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--pin", type=int, metavar="CPU", help="pin workers to this CPU")
     p.add_argument("--scale", type=float, default=1.0, help="multiply op counts (smoke tests)")
@@ -107,19 +116,20 @@ def main():
         print("note: os.sched_setaffinity unavailable, not pinning", file=sys.stderr)
         args.pin = None
 
-    loops = []
+    loops, notes = [], []
     for loop in args.loops:
         if loop == "asyncio" or importlib.util.find_spec(loop) is not None:
             loops.append(loop)
         else:
-            print(f"note: {loop} not installed, skipping it", file=sys.stderr)
+            notes.append(f"note: {loop} not installed, skipped")
+            print(notes[-1], file=sys.stderr)
     if not loops:
         sys.exit("no event loop to benchmark")
 
     results = {b: {loop: [] for loop in loops} for b in args.only}
     errors = {}
     for r in range(args.rounds):
-        order = loops[r % len(loops):] + loops[:r % len(loops)]
+        order = loops[r % len(loops) :] + loops[: r % len(loops)]
         print(f"round {r + 1}/{args.rounds}: {' '.join(order)}", file=sys.stderr)
         for bench in args.only:
             for loop in order:
@@ -135,17 +145,26 @@ def main():
 
     pin = f", pinned to CPU {args.pin}" if args.pin is not None else ""
     scale = f", op counts x{args.scale:g}" if args.scale != 1 else ""
-    print(f"{', '.join(version(x) for x in loops)}; {platform.machine()}, "
-          f"{os.cpu_count()} CPUs; {args.rounds} rounds, fresh process per sample"
-          f"{pin}{scale}\n")
+    print(
+        f"{', '.join(version(x) for x in loops)}; {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; {args.rounds} rounds, fresh process per sample"
+        f"{pin}{scale}"
+    )
+    print("\n".join(notes + [""]))
     print(table(results, args.only, loops, args.markdown))
     for (bench, loop), err in errors.items():
         print(f"\nFAIL {bench} {loop}: {err}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results,
-                       "errors": {f"{b} {lp}": e for (b, lp), e in errors.items()}},
-                      f, indent=1)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "results": results,
+                    "errors": {f"{b} {lp}": e for (b, lp), e in errors.items()},
+                },
+                f,
+                indent=1,
+            )
     sys.exit(1 if errors else 0)
 
 

@@ -134,6 +134,33 @@ impl Handle {
     }
 }
 
+/// NOTE: a handle in the ready queue or the timer heap is owned by the loop,
+/// so no cycle through it can be garbage while it is queued; it is untracked
+/// from the cyclic GC meanwhile (gen-0 collections would otherwise traverse
+/// every queued handle: ~30% of call_soon's cost). When it leaves the queue,
+/// `release` tracks it again if anyone else still holds it (e.g.
+/// `self._timer = loop.call_later(..., self._cb)` forms a cycle the GC must
+/// see), otherwise it is freed at once.
+pub(crate) fn untrack(obj: &Bound<'_, PyAny>) {
+    // SAFETY: `obj` is a live GC-capable object (pyclasses with
+    // __traverse__ are); untracking an object is always allowed.
+    unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) };
+}
+
+/// Drops the loop's reference to a handle that left the queue (see `untrack`).
+pub(crate) fn release<T>(obj: Py<T>) {
+    let ptr = obj.as_ptr();
+    // SAFETY: we hold a strong reference, so `ptr` is live; the GIL is held
+    // (callers are loop methods); tracking is only done on an untracked
+    // object, as PyObject_GC_Track requires.
+    unsafe {
+        if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
+            ffi::PyObject_GC_Track(ptr.cast());
+        }
+    }
+    drop(obj);
+}
+
 impl TimerHandle {
     pub(crate) fn new(when: f64, when_obj: Option<Py<PyAny>>) -> Self {
         Self {
@@ -141,11 +168,6 @@ impl TimerHandle {
             when_obj,
             scheduled: AtomicBool::new(true),
         }
-    }
-
-    #[inline]
-    pub(crate) fn when_f64(&self) -> f64 {
-        self.when
     }
 
     pub(crate) fn set_unscheduled(&self) {

@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors;
-use crate::handles::{Handle, TimerHandle};
+use crate::handles::{self, Handle, TimerHandle};
 use crate::io::poller::Poller;
 use crate::timers::TimerHeap;
 
@@ -161,8 +161,9 @@ impl EventLoop {
         self.timer_cancelled.store(0, Ordering::Relaxed);
         let poller = self.poller.lock().take();
         drop(poller);
-        // Dropped outside the lock: handles may hold objects with __del__.
-        drop((ready, spare, timers));
+        // Released outside the lock: handles may hold objects with __del__.
+        ready.into_iter().chain(spare).for_each(handles::release);
+        timers.into_iter().for_each(handles::release);
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -190,7 +191,9 @@ impl EventLoop {
             (std::mem::take(&mut core.ready), core.timers.drain())
         };
         let factory = self.task_factory.lock().take();
-        drop((ready, timers, factory));
+        ready.into_iter().for_each(handles::release);
+        timers.into_iter().for_each(handles::release);
+        drop(factory);
     }
 }
 

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::EventLoop;
-use crate::handles::{Handle, TimerHandle};
+use crate::handles::{self, Handle, TimerHandle};
 use crate::py;
 
 impl EventLoop {
@@ -70,6 +70,7 @@ impl EventLoop {
             Self::debug_checks(slf, &callback, "call_soon", true)?;
         }
         let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, context)?)?;
+        handles::untrack(handle.as_any());
         this.core.lock().ready.push_back(handle.clone().unbind());
         Ok(handle)
     }
@@ -86,6 +87,7 @@ impl EventLoop {
             Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
         }
         let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, context)?)?;
+        handles::untrack(handle.as_any());
         this.core.lock().ready.push_back(handle.clone().unbind());
         this.wake();
         Ok(handle)
@@ -118,6 +120,7 @@ impl EventLoop {
         let base = Self::make_handle(slf, callback, args, context)?;
         let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, when_obj));
         let timer = Bound::new(slf.py(), init)?;
+        handles::untrack(timer.as_any());
         this.core.lock().timers.push(when, timer.clone().unbind());
         // A timer added from another thread must re-arm a sleeping loop.
         if this.sleeping.load(Ordering::Relaxed) {

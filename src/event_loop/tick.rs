@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use super::EventLoop;
 use crate::clock;
 use crate::errors;
-use crate::handles::{Handle, TimerHandle};
+use crate::handles::{self, Handle, TimerHandle};
 use crate::py;
 use crate::timers;
 
@@ -127,7 +127,7 @@ impl EventLoop {
     pub(crate) fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        drop(this.sweep_timers(py));
+        this.sweep_timers(py).into_iter().for_each(handles::release);
 
         if this.wait_for_work(py)? {
             // NOTE: a signal interrupted the poll (PEP 475): run Python's
@@ -144,9 +144,12 @@ impl EventLoop {
         };
         while let Some(handle) = batch.pop_front() {
             if handle.get().is_cancelled() {
+                handles::release(handle);
                 continue;
             }
-            if let Err(err) = Self::run_handle(slf, handle.bind(py)) {
+            let result = Self::run_handle(slf, handle.bind(py));
+            handles::release(handle);
+            if let Err(err) = result {
                 // Leave the rest for the next run, in order (asyncio's deque).
                 let mut core = this.core.lock();
                 while let Some(h) = batch.pop_back() {
