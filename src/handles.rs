@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
 use pyo3::types::PyTuple;
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -263,6 +264,44 @@ impl TimerHandle {
     #[getter]
     fn _scheduled(&self) -> bool {
         self.scheduled.load(Ordering::Relaxed)
+    }
+
+    /// asyncio orders TimerHandles by `when`; equality also compares the
+    /// callback, arguments and cancelled state.
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.get().when, other.get().when);
+        let equal = || -> PyResult<bool> {
+            let (x, y) = (slf.as_super().get(), other.as_super().get());
+            Ok(a == b
+                && x.is_cancelled() == y.is_cancelled()
+                && x.callback_parts(py).map(|(f, _)| f).into_pyobject(py)?.eq(
+                    y.callback_parts(py).map(|(f, _)| f).into_pyobject(py)?,
+                )?
+                && x.callback_parts(py).map(|(_, a)| a).into_pyobject(py)?.eq(
+                    y.callback_parts(py).map(|(_, a)| a).into_pyobject(py)?,
+                )?)
+        };
+        let r = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Gt => a > b,
+            CompareOp::Le => a < b || equal()?,
+            CompareOp::Ge => a > b || equal()?,
+            CompareOp::Eq => equal()?,
+            CompareOp::Ne => !equal()?,
+        };
+        Ok(pyo3::types::PyBool::new(py, r).to_owned().into_any().unbind())
+    }
+
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        self.when.into_pyobject(py)?.hash()
     }
 
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {

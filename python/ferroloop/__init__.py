@@ -59,6 +59,9 @@ def run(main, *, loop_factory=new_event_loop, debug=None, **run_kwargs):
 
     if not _asyncio.iscoroutine(main):
         raise ValueError(f"a coroutine was expected, got {main!r}")
+    if _asyncio._get_running_loop() is not None:
+        # Fail fast, before a loop is created (asyncio.run does the same).
+        raise RuntimeError("ferroloop.run() cannot be called from a running event loop")
     vi = _sys.version_info[:2]
     if vi >= (3, 12):
         return _asyncio.run(wrapper(), loop_factory=loop_factory, debug=debug, **run_kwargs)

@@ -20,6 +20,7 @@ import weakref
 from asyncio import coroutines, events, format_helpers, futures, tasks
 
 from . import _ferroloop
+from ._signals import SignalsMixin
 
 __all__ = ("Loop",)
 
@@ -40,10 +41,11 @@ def _run_until_complete_cb(fut):
     futures._get_loop(fut).stop()
 
 
-class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
+class Loop(SignalsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core is written in Rust."""
 
     def __init__(self):
+        self._signal_handlers = {}
         self._exception_handler = None
         self._default_executor = None
         self._executor_shutdown_called = False
@@ -142,6 +144,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
             return
         if self.get_debug():
             logger.debug("Close %r", self)
+        self._close_signals()
         self._close_native()
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -243,7 +246,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
 
     def set_default_executor(self, executor):
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            raise TypeError("executor must be ThreadPoolExecutor")
+            raise TypeError("executor must be ThreadPoolExecutor instance")
         self._default_executor = executor
 
     if sys.version_info >= (3, 12):
@@ -404,7 +407,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
                         exc_info=True,
                     )
 
-    # -- not yet implemented: networking, pipes, subprocesses, signals -------
+    # -- not yet implemented: networking, pipes, subprocesses ----------------
     # These come with issue #3 and later; until then asyncio.AbstractEventLoop's
     # NotImplementedError is raised for them.
 

@@ -11,6 +11,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use super::EventLoop;
 use crate::clock;
+use crate::errors;
 use crate::handles::{Handle, TimerHandle};
 use crate::py;
 
@@ -71,7 +72,9 @@ impl EventLoop {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         let (when, _) = seconds(clock::monotonic(), &delay)?;
-        Self::call_at_impl(slf, when, None, callback, args, context, "call_later")
+        // NOTE: asyncio's call_later goes through call_at: its debug checks
+        // name "call_at".
+        Self::call_at_impl(slf, when, None, callback, args, context, "call_at")
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -197,6 +200,50 @@ impl EventLoop {
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         slf.get().check_usable()?;
         Self::run_once(slf)
+    }
+
+    /// A Handle for `callback(*args)` that is not scheduled (asyncio's
+    /// `events.Handle(callback, args, loop, None)`).
+    #[pyo3(signature = (callback, *args))]
+    fn _new_handle<'py>(
+        slf: &Bound<'py, Self>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        Bound::new(slf.py(), Self::make_handle(slf, callback, args, None)?)
+    }
+
+    /// asyncio's `_add_callback_signalsafe`: queue an existing handle unless
+    /// it is cancelled, and wake the loop.
+    fn _add_callback(&self, handle: Bound<'_, Handle>) -> PyResult<()> {
+        if !handle.get().is_cancelled() {
+            self.core.lock().ready.push_back(handle.unbind());
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Watches the read end of the signal wakeup socketpair.
+    fn _watch_signal_fd(&self, fd: i32) -> PyResult<()> {
+        self.check_usable()?;
+        let mut guard = self.poller.lock();
+        let poller = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
+        let was_watching = poller.unwatch_signal_fd().map_err(errors::os_error)?;
+        poller.watch_signal_fd(fd).map_err(errors::os_error)?;
+        if !was_watching {
+            self.io_sources.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn _unwatch_signal_fd(&self) -> PyResult<()> {
+        let mut guard = self.poller.lock();
+        if let Some(poller) = guard.as_mut() {
+            if poller.unwatch_signal_fd().map_err(errors::os_error)? {
+                self.io_sources.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     fn _close_native(&self) {

@@ -14,6 +14,7 @@ use super::EventLoop;
 use crate::clock;
 use crate::errors;
 use crate::handles::{self, Handle, TimerHandle};
+use crate::io::poller::PollOutcome;
 use crate::py;
 use crate::timers;
 
@@ -64,9 +65,8 @@ impl EventLoop {
         removed
     }
 
-    /// Blocks in poll when there is nothing to run. Returns whether a signal
-    /// interrupted the poll.
-    fn wait_for_work(&self, py: Python<'_>) -> PyResult<bool> {
+    /// Blocks in poll when there is nothing to run.
+    fn wait_for_work(&self, py: Python<'_>) -> PyResult<PollOutcome> {
         // Announce the sleep first, then look: a thread that queues work
         // after our look sees `sleeping` and wakes us (see `wake`).
         self.sleeping.store(true, Ordering::SeqCst);
@@ -79,11 +79,11 @@ impl EventLoop {
         if has_ready || self.stopping.load(Ordering::Relaxed) || due_now {
             self.sleeping.store(false, Ordering::SeqCst);
             if !must_poll_io {
-                return Ok(false);
+                return Ok(PollOutcome::default());
             }
             return self.poll(py, Some(Duration::ZERO));
         }
-        let interrupted = {
+        let outcome = {
             let mut guard = self.poller.lock();
             let Some(poller) = guard.as_mut() else {
                 self.sleeping.store(false, Ordering::SeqCst);
@@ -94,16 +94,16 @@ impl EventLoop {
             }
             let res = py.detach(|| poller.poll(None));
             self.sleeping.store(false, Ordering::SeqCst);
-            res.map_err(errors::os_error)?.interrupted
+            res.map_err(errors::os_error)?
         };
-        Ok(interrupted)
+        Ok(outcome)
     }
 
     /// A poll that does not block: the GIL is kept.
-    fn poll(&self, _py: Python<'_>, timeout: Option<Duration>) -> PyResult<bool> {
+    fn poll(&self, _py: Python<'_>, timeout: Option<Duration>) -> PyResult<PollOutcome> {
         let mut guard = self.poller.lock();
         match guard.as_mut() {
-            Some(p) => Ok(p.poll(timeout).map_err(errors::os_error)?.interrupted),
+            Some(p) => p.poll(timeout).map_err(errors::os_error),
             None => Err(PyRuntimeError::new_err("Event loop is closed")),
         }
     }
@@ -129,10 +129,17 @@ impl EventLoop {
         let this = slf.get();
         this.sweep_timers(py).into_iter().for_each(handles::release);
 
-        if this.wait_for_work(py)? {
+        let outcome = this.wait_for_work(py)?;
+        if outcome.interrupted {
             // NOTE: a signal interrupted the poll (PEP 475): run Python's
             // handlers now; KeyboardInterrupt from SIGINT leaves the loop.
             py.check_signals()?;
+        }
+        if outcome.signal_ready {
+            // Signal numbers written by CPython's C handler to the wakeup
+            // fd: schedule the add_signal_handler callbacks (asyncio's
+            // _read_from_self / _process_self_data).
+            slf.call_method0(intern!(py, "_read_signal_fd"))?;
         }
 
         this.schedule_due_timers(py);

@@ -19,6 +19,8 @@ use crate::clock;
 
 pub const WAKER_TOKEN: Token = Token(0);
 pub const TIMER_TOKEN: Token = Token(1);
+/// The read end of the signal wakeup socketpair (`signal.set_wakeup_fd`).
+pub const SIGNAL_TOKEN: Token = Token(2);
 
 /// The longest a timer is armed ahead (asyncio's MAXIMUM_SELECT_TIMEOUT): a
 /// farther deadline re-arms when this one passes.
@@ -31,6 +33,8 @@ pub struct Poller {
     timerfd: OwnedFd,
     /// The deadline currently armed on the timerfd (NaN when disarmed).
     armed: f64,
+    /// The watched signal wakeup fd, if any.
+    signal_fd: Option<i32>,
 }
 
 /// What one poll saw besides user I/O.
@@ -39,6 +43,8 @@ pub struct PollOutcome {
     /// The poll was interrupted by a signal (EINTR): Python's signal
     /// handlers must run.
     pub interrupted: bool,
+    /// The signal wakeup fd is readable: signal numbers are waiting.
+    pub signal_ready: bool,
 }
 
 impl Poller {
@@ -66,11 +72,34 @@ impl Poller {
             waker,
             timerfd,
             armed: f64::NAN,
+            signal_fd: None,
         })
     }
 
     pub fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
+    }
+
+    /// Watches `fd` (the read end of the signal wakeup socketpair), replacing
+    /// a previously watched one. The caller keeps the fd open while watched.
+    pub fn watch_signal_fd(&mut self, fd: i32) -> io::Result<()> {
+        self.unwatch_signal_fd()?;
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), SIGNAL_TOKEN, Interest::READABLE)?;
+        self.signal_fd = Some(fd);
+        Ok(())
+    }
+
+    /// Stops watching the signal wakeup fd; returns whether one was watched.
+    pub fn unwatch_signal_fd(&mut self) -> io::Result<bool> {
+        match self.signal_fd.take() {
+            Some(fd) => {
+                self.poll.registry().deregister(&mut SourceFd(&fd))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Arms the timerfd for `when` (absolute, loop clock) unless it already is.
@@ -110,8 +139,7 @@ impl Poller {
     }
 
     /// Polls the OS once. `timeout` of `None` blocks until an event, the
-    /// waker or the armed timer. Events other than the waker's and the
-    /// timer's are handed to `on_event` (none exist before fd watchers).
+    /// waker or the armed timer.
     pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<PollOutcome> {
         let mut outcome = PollOutcome::default();
         match self.poll.poll(&mut self.events, timeout) {
@@ -123,9 +151,11 @@ impl Poller {
             Err(e) => return Err(e),
         }
         for ev in self.events.iter() {
-            if ev.token() == TIMER_TOKEN {
+            match ev.token() {
                 // The expiry is consumed by re-arming; note it is disarmed.
-                self.armed = f64::NAN;
+                TIMER_TOKEN => self.armed = f64::NAN,
+                SIGNAL_TOKEN => outcome.signal_ready = true,
+                _ => {}
             }
         }
         Ok(outcome)
