@@ -3,6 +3,7 @@
 mod clock;
 mod errors;
 mod event_loop;
+mod executor;
 mod handles;
 mod io;
 mod py;
@@ -14,6 +15,7 @@ use pyo3::prelude::*;
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::EventLoop>()?;
     m.add_class::<handles::Handle>()?;
+    m.add_class::<executor::ThreadPool>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -41,6 +41,50 @@ def _run_until_complete_cb(fut):
     futures._get_loop(fut).stop()
 
 
+class _DefaultExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor: a real ThreadPoolExecutor (same
+    max_workers, thread names ``asyncio_N``, submit/shutdown) whose
+    run_in_executor path uses a native work queue and worker loop
+    (src/executor.rs) instead of concurrent.futures' Python machinery."""
+
+    def __init__(self):
+        super().__init__(thread_name_prefix="asyncio")
+        self._native = _ferroloop.ThreadPool(self._max_workers)
+        self._native_threads = []
+        self._native_lock = threading.Lock()
+        try:
+            # Like concurrent.futures: finish queued work at interpreter exit.
+            threading._register_atexit(_shutdown_at_exit, weakref.ref(self))
+        except (AttributeError, RuntimeError):
+            pass
+
+    def _run_in_executor(self, loop, func, args):
+        fut = loop.create_future()
+        if self._native.submit_job(loop, fut, func, args):
+            with self._native_lock:
+                name = f"{self._thread_name_prefix}_{len(self._native_threads)}"
+                t = threading.Thread(target=self._native.work, name=name, daemon=True)
+                t.start()
+                self._native_threads.append(t)
+        return fut
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self._native.shutdown(cancel_futures)
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait:
+            with self._native_lock:
+                threads = list(self._native_threads)
+            for t in threads:
+                if t is not threading.current_thread():
+                    t.join()
+
+
+def _shutdown_at_exit(ref):
+    executor = ref()
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
 class Loop(SignalsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core is written in Rust."""
 
@@ -240,8 +284,10 @@ class Loop(SignalsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
             # Only check when the default executor is being used.
             self._check_default_executor()
             if executor is None:
-                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                executor = _DefaultExecutor()
                 self._default_executor = executor
+        if type(executor) is _DefaultExecutor:
+            return executor._run_in_executor(self, func, args)
         return futures.wrap_future(executor.submit(func, *args), loop=self)
 
     def set_default_executor(self, executor):
@@ -410,6 +456,16 @@ class Loop(SignalsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
     # -- not yet implemented: networking, pipes, subprocesses ----------------
     # These come with issue #3 and later; until then asyncio.AbstractEventLoop's
     # NotImplementedError is raised for them.
+
+
+def _set_future_state(fut, ok, value):
+    """Copy a default-executor job's outcome to its asyncio Future."""
+    if fut.cancelled():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(futures._convert_future_exc(value))
 
 
 def _set_result_unless_cancelled(fut, result):

@@ -102,6 +102,11 @@ impl EventLoop {
     }
 
     #[inline]
+    pub(crate) fn closed_flag(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    #[inline]
     pub(crate) fn running(&self) -> bool {
         self.thread_id.load(Ordering::Acquire) != 0
     }
