@@ -23,7 +23,11 @@ pub fn monotonic_timespec() -> libc::timespec {
 /// Non-finite or huge deadlines are clamped to `max_secs` ahead of now.
 pub fn deadline_timespec(when: f64, max_secs: f64) -> libc::timespec {
     let now = monotonic();
-    let when = if when.is_finite() { when.min(now + max_secs) } else { now + max_secs };
+    let when = if when.is_finite() {
+        when.min(now + max_secs)
+    } else {
+        now + max_secs
+    };
     let when = when.max(0.0);
     let secs = when.floor();
     let mut nsec = ((when - secs) * 1e9).ceil();

@@ -41,7 +41,10 @@ impl ThreadPool {
         let future = job.future.bind(py);
         // NOTE: as with concurrent.futures, a job whose future was cancelled
         // before a worker picked it up never runs.
-        if future.call_method0(pyo3::intern!(py, "cancelled"))?.is_truthy()? {
+        if future
+            .call_method0(pyo3::intern!(py, "cancelled"))?
+            .is_truthy()?
+        {
             return Ok(());
         }
         let (ok, value) = match job.func.bind(py).call1(job.args.bind(py)) {
@@ -53,7 +56,14 @@ impl ThreadPool {
             return Ok(()); // nobody can receive the outcome any more
         }
         let setter = py::helpers(py)?.getattr(pyo3::intern!(py, "_set_future_state"))?;
-        let args = PyTuple::new(py, [future.clone(), ok.into_pyobject(py)?.to_owned().into_any(), value])?;
+        let args = PyTuple::new(
+            py,
+            [
+                future.clone(),
+                ok.into_pyobject(py)?.to_owned().into_any(),
+                value,
+            ],
+        )?;
         match EventLoop::call_soon_threadsafe_impl(event_loop, setter, args, None) {
             Ok(_) => Ok(()),
             // The loop was closed meanwhile: as above.
@@ -152,7 +162,12 @@ impl ThreadPool {
                     continue;
                 }
                 let cancel = job.future.bind(py).getattr("cancel")?;
-                let _ = EventLoop::call_soon_threadsafe_impl(event_loop, cancel, PyTuple::empty(py), None);
+                let _ = EventLoop::call_soon_threadsafe_impl(
+                    event_loop,
+                    cancel,
+                    PyTuple::empty(py),
+                    None,
+                );
             }
         }
         Ok(())

@@ -252,7 +252,11 @@ impl TimerHandle {
     fn when(&self, py: Python<'_>) -> Py<PyAny> {
         match &self.when_obj {
             Some(w) => w.clone_ref(py),
-            None => self.when.into_pyobject(py).map(|f| f.into_any().unbind()).unwrap_or_else(|e| match e {}),
+            None => self
+                .when
+                .into_pyobject(py)
+                .map(|f| f.into_any().unbind())
+                .unwrap_or_else(|e| match e {}),
         }
     }
 
@@ -282,12 +286,14 @@ impl TimerHandle {
             let (x, y) = (slf.as_super().get(), other.as_super().get());
             Ok(a == b
                 && x.is_cancelled() == y.is_cancelled()
-                && x.callback_parts(py).map(|(f, _)| f).into_pyobject(py)?.eq(
-                    y.callback_parts(py).map(|(f, _)| f).into_pyobject(py)?,
-                )?
-                && x.callback_parts(py).map(|(_, a)| a).into_pyobject(py)?.eq(
-                    y.callback_parts(py).map(|(_, a)| a).into_pyobject(py)?,
-                )?)
+                && x.callback_parts(py)
+                    .map(|(f, _)| f)
+                    .into_pyobject(py)?
+                    .eq(y.callback_parts(py).map(|(f, _)| f).into_pyobject(py)?)?
+                && x.callback_parts(py)
+                    .map(|(_, a)| a)
+                    .into_pyobject(py)?
+                    .eq(y.callback_parts(py).map(|(_, a)| a).into_pyobject(py)?)?)
         };
         let r = match op {
             CompareOp::Lt => a < b,
@@ -297,7 +303,10 @@ impl TimerHandle {
             CompareOp::Eq => equal()?,
             CompareOp::Ne => !equal()?,
         };
-        Ok(pyo3::types::PyBool::new(py, r).to_owned().into_any().unbind())
+        Ok(pyo3::types::PyBool::new(py, r)
+            .to_owned()
+            .into_any()
+            .unbind())
     }
 
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {

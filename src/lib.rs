@@ -7,6 +7,7 @@ mod executor;
 mod handles;
 mod io;
 mod py;
+mod ready_queue;
 mod timers;
 
 use pyo3::prelude::*;

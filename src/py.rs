@@ -38,8 +38,10 @@ where
 }
 
 fn kwnames(py: Python<'_>, cell: &'static PyOnceLock<Py<PyTuple>>, names: &[&str]) -> Py<PyTuple> {
-    cell.get_or_init(py, || PyTuple::new(py, names).expect("tuple of str").unbind())
-        .clone_ref(py)
+    cell.get_or_init(py, || {
+        PyTuple::new(py, names).expect("tuple of str").unbind()
+    })
+    .clone_ref(py)
 }
 
 /// Vectorcall `callable(*positional, **dict(zip(kwnames, kwvalues)))` without
@@ -62,9 +64,18 @@ fn vectorcall<'py>(
 }
 
 /// `asyncio.Future(loop=loop)`.
-pub fn new_future<'py>(py: Python<'py>, event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+pub fn new_future<'py>(
+    py: Python<'py>,
+    event_loop: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
     let names = kwnames(py, &KW_LOOP, &["loop"]);
-    vectorcall(py, future_type(py)?, &[event_loop.as_ptr()], 0, Some(&names))
+    vectorcall(
+        py,
+        future_type(py)?,
+        &[event_loop.as_ptr()],
+        0,
+        Some(&names),
+    )
 }
 
 /// `asyncio.Task(coro, loop=loop, name=name, context=context)`.
@@ -79,7 +90,12 @@ pub fn new_task<'py>(
     vectorcall(
         py,
         task_type(py)?,
-        &[coro.as_ptr(), event_loop.as_ptr(), name.as_ptr(), context.as_ptr()],
+        &[
+            coro.as_ptr(),
+            event_loop.as_ptr(),
+            name.as_ptr(),
+            context.as_ptr(),
+        ],
         1,
         Some(&names),
     )

@@ -184,7 +184,11 @@ mod tests {
         h.push(1.0, 1);
         h.push(2.0, 2);
         h.push(f64::INFINITY, 3);
-        assert_eq!(h.pop_due(1.0).map(|e| e.item), None, "due means strictly before end_time");
+        assert_eq!(
+            h.pop_due(1.0).map(|e| e.item),
+            None,
+            "due means strictly before end_time"
+        );
         assert_eq!(h.pop_due(1.5).map(|e| e.item), Some(1));
         assert_eq!(h.pop_due(1.5).map(|e| e.item), None);
         assert_eq!(h.pop_due(1e300).map(|e| e.item), Some(2));

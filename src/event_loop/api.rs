@@ -24,7 +24,14 @@ fn seconds(base: f64, value: &Bound<'_, PyAny>) -> PyResult<(f64, Option<Py<PyAn
     // exceptions (TypeError for a str, OverflowError for a huge int).
     let sum = PyFloat::new(value.py(), base).add(value)?;
     let f = sum.extract::<f64>()?;
-    Ok((f, if base == 0.0 { Some(value.clone().unbind()) } else { None }))
+    Ok((
+        f,
+        if base == 0.0 {
+            Some(value.clone().unbind())
+        } else {
+            None
+        },
+    ))
 }
 
 #[pymethods]
@@ -132,7 +139,9 @@ impl EventLoop {
 
     fn set_task_factory(&self, factory: Bound<'_, PyAny>) -> PyResult<()> {
         if !factory.is_none() && !factory.is_callable() {
-            return Err(PyTypeError::new_err("task factory must be a callable or None"));
+            return Err(PyTypeError::new_err(
+                "task factory must be a callable or None",
+            ));
         }
         let new = (!factory.is_none()).then(|| factory.unbind());
         let old = std::mem::replace(&mut *self.task_factory.lock(), new);
@@ -181,7 +190,9 @@ impl EventLoop {
             .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            return Err(PyRuntimeError::new_err("This event loop is already running"));
+            return Err(PyRuntimeError::new_err(
+                "This event loop is already running",
+            ));
         }
         Ok(())
     }
@@ -217,7 +228,7 @@ impl EventLoop {
     /// it is cancelled, and wake the loop.
     fn _add_callback(&self, handle: Bound<'_, Handle>) -> PyResult<()> {
         if !handle.get().is_cancelled() {
-            self.core.lock().ready.push_back(handle.unbind());
+            self.core.lock().ready.push(handle.unbind());
             self.wake();
         }
         Ok(())
@@ -227,7 +238,9 @@ impl EventLoop {
     fn _watch_signal_fd(&self, fd: i32) -> PyResult<()> {
         self.check_usable()?;
         let mut guard = self.poller.lock();
-        let poller = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
+        let poller = guard
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
         let was_watching = poller.unwatch_signal_fd().map_err(errors::os_error)?;
         poller.watch_signal_fd(fd).map_err(errors::os_error)?;
         if !was_watching {

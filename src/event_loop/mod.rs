@@ -9,7 +9,6 @@ mod api;
 mod ready;
 mod tick;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
@@ -22,6 +21,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors;
 use crate::handles::{self, Handle, TimerHandle};
 use crate::io::poller::Poller;
+use crate::ready_queue::ReadyQueue;
 use crate::timers::TimerHeap;
 
 /// Bumped in the child after every `fork()`: a loop created before the fork
@@ -45,9 +45,7 @@ fn install_fork_hook() {
 #[derive(Default)]
 pub(crate) struct Core {
     /// asyncio's `_ready`.
-    pub ready: VecDeque<Py<Handle>>,
-    /// An empty deque kept to swap with `ready` at each tick (no realloc).
-    pub spare: VecDeque<Py<Handle>>,
+    pub ready: ReadyQueue<Py<Handle>>,
     /// asyncio's `_scheduled`.
     pub timers: TimerHeap<Py<TimerHandle>>,
 }
@@ -152,13 +150,9 @@ impl EventLoop {
     /// Clears the queues and releases the poller (asyncio's `close()` core).
     pub(crate) fn close_core(&self) {
         self.closed.store(true, Ordering::Release);
-        let (ready, spare, timers) = {
+        let (ready, timers) = {
             let mut core = self.core.lock();
-            (
-                std::mem::take(&mut core.ready),
-                std::mem::take(&mut core.spare),
-                core.timers.drain(),
-            )
+            (core.ready.drain(), core.timers.drain())
         };
         for t in &timers {
             t.get().set_unscheduled();
@@ -167,7 +161,7 @@ impl EventLoop {
         let poller = self.poller.lock().take();
         drop(poller);
         // Released outside the lock: handles may hold objects with __del__.
-        ready.into_iter().chain(spare).for_each(handles::release);
+        ready.into_iter().for_each(handles::release);
         timers.into_iter().for_each(handles::release);
     }
 
@@ -193,7 +187,7 @@ impl EventLoop {
     fn clear(&self) {
         let (ready, timers) = {
             let mut core = self.core.lock();
-            (std::mem::take(&mut core.ready), core.timers.drain())
+            (core.ready.drain(), core.timers.drain())
         };
         let factory = self.task_factory.lock().take();
         ready.into_iter().for_each(handles::release);

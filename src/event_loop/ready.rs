@@ -71,7 +71,7 @@ impl EventLoop {
         }
         let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, context)?)?;
         handles::untrack(handle.as_any());
-        this.core.lock().ready.push_back(handle.clone().unbind());
+        this.core.lock().ready.push(handle.clone().unbind());
         Ok(handle)
     }
 
@@ -88,7 +88,7 @@ impl EventLoop {
         }
         let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, context)?)?;
         handles::untrack(handle.as_any());
-        this.core.lock().ready.push_back(handle.clone().unbind());
+        this.core.lock().ready.push(handle.clone().unbind());
         this.wake();
         Ok(handle)
     }

@@ -116,11 +116,11 @@ impl EventLoop {
             let timer = e.item;
             timer.get().set_unscheduled();
             if timer_cancelled(py, &timer) {
-                let _ = self
-                    .timer_cancelled
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                let _ =
+                    self.timer_cancelled
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             }
-            core.ready.push_back(timer.into_bound(py).into_super().unbind());
+            core.ready.push(timer.into_bound(py).into_super().unbind());
         }
     }
 
@@ -144,11 +144,7 @@ impl EventLoop {
 
         this.schedule_due_timers(py);
 
-        let mut batch = {
-            let mut core = this.core.lock();
-            let spare = std::mem::take(&mut core.spare);
-            std::mem::replace(&mut core.ready, spare)
-        };
+        let mut batch = this.core.lock().ready.take_batch();
         while let Some(handle) = batch.pop_front() {
             if handle.get().is_cancelled() {
                 handles::release(handle);
@@ -158,17 +154,11 @@ impl EventLoop {
             handles::release(handle);
             if let Err(err) = result {
                 // Leave the rest for the next run, in order (asyncio's deque).
-                let mut core = this.core.lock();
-                while let Some(h) = batch.pop_back() {
-                    core.ready.push_front(h);
-                }
+                this.core.lock().ready.requeue_front(batch);
                 return Err(err);
             }
         }
-        let mut core = this.core.lock();
-        if core.spare.capacity() < batch.capacity() {
-            core.spare = batch;
-        }
+        this.core.lock().ready.recycle(batch);
         Ok(())
     }
 
@@ -205,7 +195,11 @@ impl EventLoop {
         if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
             return Err(err);
         }
-        py::call_helper(py, "_report_callback_error", (slf, handle, err.into_value(py)))?;
+        py::call_helper(
+            py,
+            "_report_callback_error",
+            (slf, handle, err.into_value(py)),
+        )?;
         Ok(())
     }
 }

@@ -53,7 +53,10 @@ impl Poller {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
         // SAFETY: plain syscall; the returned fd is checked before use.
         let fd = unsafe {
-            libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
         };
         if fd < 0 {
             return Err(io::Error::last_os_error());

@@ -1,0 +1,227 @@
+"""Child process: run one CPython test_asyncio module with a loop policy.
+
+Started by run.py, one process per (loop, module). Before every test it
+installs a fresh counting subclass of the loop's policy, then counts the loops
+that policy creates. Events go to a JSON-lines file, flushed as they happen,
+so the parent still knows which test was running if this process hangs or dies.
+
+    python3 _child.py POLICY LOOP_CLASS MODULE EVENTS_FILE [SELECT_FILE]
+
+POLICY and LOOP_CLASS are "module:attr". SELECT_FILE is JSON {"skip": [ids]}
+or {"only": [ids]}, with ids as in ``test_tasks.Class.test_name``.
+"""
+
+import asyncio
+import faulthandler
+import functools
+import importlib
+import json
+import sys
+import time
+import traceback
+import unittest
+from asyncio import base_events
+
+PACKAGE = "test.test_asyncio."
+
+
+def load(spec):
+    module, attr = spec.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def short_id(test):
+    return test.id().removeprefix(PACKAGE)
+
+
+def flatten(suite):
+    for item in suite:
+        if isinstance(item, unittest.TestSuite):
+            yield from flatten(item)
+        else:
+            yield item
+
+
+class Counter:
+    """Loops created during the current test."""
+
+    def __init__(self, loop_cls):
+        self.loop_cls = loop_cls
+        self.reset()
+
+    def reset(self):
+        # Only ids and flags: holding the loops would change GC behaviour.
+        self.from_policy = []  # (id, is native) of loops the policy returned
+        self.python = []  # ids of every asyncio.BaseEventLoop constructed
+
+    def add_policy_loop(self, loop):
+        self.from_policy.append((id(loop), isinstance(loop, self.loop_cls)))
+
+    def counts(self):
+        """(native loops, other Python loops, policy loops of a wrong type)"""
+        native = sum(flag for _, flag in self.from_policy)
+        policy_ids = {i for i, _ in self.from_policy}
+        other = sum(i not in policy_ids for i in self.python)
+        return native, other, len(self.from_policy) - native
+
+
+def counting_policy(base, counter):
+    class CountingPolicy(base):
+        def new_event_loop(self):
+            loop = super().new_event_loop()
+            counter.add_policy_loop(loop)
+            return loop
+
+    CountingPolicy.__name__ = CountingPolicy.__qualname__ = base.__name__
+    return CountingPolicy
+
+
+def count_python_loops(counter):
+    original = base_events.BaseEventLoop.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        counter.python.append(id(self))
+        original(self, *args, **kwargs)
+
+    base_events.BaseEventLoop.__init__ = __init__
+
+
+def install_harness_shims():
+    """Let test_asyncio's own harness clean up loops without BaseEventLoop internals.
+
+    utils.TestCase.close_loop() reads ``loop._default_executor`` (a private
+    BaseEventLoop attribute) for every loop a test registers with
+    set_event_loop(); on a loop without it the *cleanup* errors, not the test.
+    Such loops get the public equivalent; all others keep the original.
+    """
+    from test.test_asyncio import utils
+
+    original = utils.TestCase.close_loop
+
+    def close_loop(loop):
+        if hasattr(loop, "_default_executor"):
+            return original(loop)
+        if not loop.is_closed():
+            loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+    utils.TestCase.close_loop = staticmethod(close_loop)
+
+
+def brief(err, limit=1500):
+    text = "".join(traceback.format_exception(*err))
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+class Recorder(unittest.TestResult):
+    def __init__(self, emit, policy_cls, counter):
+        super().__init__()
+        self.emit = emit
+        self.policy_cls = policy_cls
+        self.counter = counter
+        self.started = set()
+        self.fixture_problems = []
+
+    def startTest(self, test):
+        super().startTest(test)
+        # A fresh policy per test: tearDown / tearDownModule reset it to None.
+        asyncio.set_event_loop_policy(self.policy_cls())
+        self.counter.reset()
+        self.outcome, self.detail, self.t0 = None, "", time.monotonic()
+        self.started.add(short_id(test))
+        self.emit(event="start", id=short_id(test))
+
+    def _set(self, outcome, detail=""):
+        if self.outcome in (None, "pass"):
+            self.outcome, self.detail = outcome, detail
+
+    def addSuccess(self, test):
+        self._set("pass")
+
+    def addFailure(self, test, err):
+        self._set("fail", brief(err))
+
+    def addError(self, test, err):
+        if isinstance(test, unittest.TestCase):
+            self._set("error", brief(err))
+        else:  # setUpClass / setUpModule / tearDown* failure (_ErrorHolder)
+            self.fixture_problems.append(("error", f"{test}: {brief(err)}"))
+
+    def addSkip(self, test, reason):
+        if isinstance(test, unittest.TestCase):
+            self._set("skip", reason)
+        else:
+            self.fixture_problems.append(("skip", f"{test}: {reason}"))
+
+    def addExpectedFailure(self, test, err):
+        self._set("pass", "expected failure")
+
+    def addUnexpectedSuccess(self, test):
+        self._set("fail", "unexpected success")
+
+    def addSubTest(self, test, subtest, err):
+        if err is not None:
+            kind = "fail" if issubclass(err[0], test.failureException) else "error"
+            self._set(kind, f"{subtest}: {brief(err)}")
+
+    def stopTest(self, test):
+        native, other, foreign = self.counter.counts()
+        self.emit(
+            event="end",
+            id=short_id(test),
+            outcome=self.outcome or "error",
+            detail=self.detail or ("" if self.outcome else "no outcome reported"),
+            native_loops=native,
+            other_loops=other,
+            foreign_loops=foreign,
+            time=round(time.monotonic() - self.t0, 3),
+        )
+        self.counter.reset()
+        super().stopTest(test)
+
+
+def main(policy_spec, loop_spec, module, events_path, select_path=None):
+    faulthandler.enable()
+    with open(events_path, "a", encoding="utf-8") as out:
+
+        def emit(**event):
+            out.write(json.dumps(event) + "\n")
+            out.flush()
+
+        run_module(policy_spec, loop_spec, module, emit, select_path)
+
+
+def run_module(policy_spec, loop_spec, module, emit, select_path):
+    counter = Counter(load(loop_spec))
+    policy_cls = counting_policy(load(policy_spec), counter)
+    count_python_loops(counter)
+    install_harness_shims()
+    asyncio.set_event_loop_policy(policy_cls())  # also for module/class setup
+
+    importlib.import_module(PACKAGE + module)  # an ImportError ends this process
+    tests = list(flatten(unittest.defaultTestLoader.loadTestsFromName(PACKAGE + module)))
+    emit(event="collected", ids=[short_id(t) for t in tests])
+    if select_path:
+        with open(select_path, encoding="utf-8") as f:
+            select = json.load(f)
+        if "only" in select:
+            only = set(select["only"])
+            tests = [t for t in tests if short_id(t) in only]
+        skip = set(select.get("skip", ()))
+        tests = [t for t in tests if short_id(t) not in skip]
+
+    recorder = Recorder(emit, policy_cls, counter)
+    unittest.TestSuite(tests).run(recorder)
+
+    # Tests that never started: a class or module fixture failed or skipped.
+    problems = recorder.fixture_problems
+    for test in tests:
+        if short_id(test) not in recorder.started:
+            kind, detail = problems[-1] if problems else ("error", "not run")
+            emit(event="end", id=short_id(test), outcome=kind, detail=detail,
+                 native_loops=0, other_loops=0, foreign_loops=0, time=0.0)
+    emit(event="done")
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
