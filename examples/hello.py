@@ -45,5 +45,7 @@ if __name__ == "__main__":
         samples["asyncio"].append(timed(asyncio.new_event_loop))
         samples["ferroloop"].append(timed(ferroloop.new_event_loop))
     a, f = (statistics.median(samples[k]) for k in ("asyncio", "ferroloop"))
-    print(f"20k tasks+futures, median of 5: asyncio {a * 1e3:.1f} ms, "
-          f"ferroloop {f * 1e3:.1f} ms ({a / f:.2f}x)")
+    print(
+        f"20k tasks+futures, median of 5: asyncio {a * 1e3:.1f} ms, "
+        f"ferroloop {f * 1e3:.1f} ms ({a / f:.2f}x)"
+    )

@@ -19,7 +19,7 @@ from ._policy import EventLoopPolicy
 
 __version__: str = _ferroloop.__version__
 
-__all__ = ("Loop", "new_event_loop", "run", "EventLoopPolicy", "install", "__version__")
+__all__ = ("EventLoopPolicy", "Loop", "__version__", "install", "new_event_loop", "run")
 
 
 def new_event_loop() -> Loop:

@@ -1,7 +1,7 @@
 """Run a program with ferroloop as the asyncio event loop.
 
-    python -m ferroloop script.py [args...]
-    python -m ferroloop -m module [args...]
+python -m ferroloop script.py [args...]
+python -m ferroloop -m module [args...]
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ def main(argv: list[str] | None = None) -> None:
         print(usage, file=sys.stderr if not argv else sys.stdout)
         raise SystemExit(2 if not argv else 0)
 
-    from . import EventLoopPolicy
     import asyncio
+
+    from . import EventLoopPolicy
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

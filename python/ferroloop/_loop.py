@@ -325,8 +325,7 @@ class Loop(SignalsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
                 await tasks.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
             warnings.warn(
-                "The executor did not finishing joining "
-                f"its threads within {timeout} seconds.",
+                f"The executor did not finishing joining its threads within {timeout} seconds.",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -370,11 +369,7 @@ class Loop(SignalsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
             exc_info = False
 
         current = self._current_handle
-        if (
-            "source_traceback" not in context
-            and current is not None
-            and current._source_traceback
-        ):
+        if "source_traceback" not in context and current is not None and current._source_traceback:
             context["handle_traceback"] = current._source_traceback
 
         log_lines = [message]
@@ -539,9 +534,7 @@ def _create_task_slow(loop, coro, name, context, kwargs):
     """create_task with a task factory or 3.14's extra keyword arguments."""
     kwargs = dict(kwargs or {})
     if kwargs and not _PY314:
-        raise TypeError(
-            f"create_task() got an unexpected keyword argument {next(iter(kwargs))!r}"
-        )
+        raise TypeError(f"create_task() got an unexpected keyword argument {next(iter(kwargs))!r}")
     factory = loop.get_task_factory()
     if _PY314:
         if name is not None:
