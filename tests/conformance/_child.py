@@ -109,6 +109,63 @@ def install_harness_shims():
     utils.TestCase.close_loop = staticmethod(close_loop)
 
 
+def adapt_test_runners(module, loop_factory):
+    """test_runners: its loops come from the loop under test, not a mocked BaseEventLoop.
+
+    BaseTest.setUp installs TestPolicy(self.new_loop), whose new_event_loop()
+    (used by asyncio.run / asyncio.Runner) returns ``self.new_loop()``; stock
+    new_loop() is ``asyncio.BaseEventLoop()`` with mocked ``_selector``,
+    ``_process_events`` and ``_write_to_self``. Here new_loop() returns a loop
+    from the factory and keeps what the tests check: tearDown asserts
+    ``loop.shutdown_ag_run``, set by a replacement ``shutdown_asyncgens``
+    (which, unlike CPython's, also runs the loop's real one).
+    """
+
+    def new_loop(self):
+        loop = loop_factory()
+        loop.shutdown_ag_run = False
+        real_shutdown_asyncgens = loop.shutdown_asyncgens
+
+        async def shutdown_asyncgens():
+            await real_shutdown_asyncgens()
+            loop.shutdown_ag_run = True
+
+        loop.shutdown_asyncgens = shutdown_asyncgens
+        return loop
+
+    module.BaseTest.new_loop = new_loop
+
+
+def adapt_test_pep492(module, loop_factory):
+    """test_pep492: ``self.loop`` comes from the loop under test.
+
+    Stock BaseTest.setUp builds ``asyncio.BaseEventLoop()`` with a mocked
+    ``_selector`` and ``_process_events``; here it is a loop from the factory,
+    registered with set_event_loop() as before (closed in cleanup).
+    """
+    base = module.BaseTest
+
+    def setUp(self):
+        super(base, self).setUp()  # test_utils.TestCase.setUp
+        self.loop = loop_factory()
+        self.set_event_loop(self.loop)
+
+    base.setUp = setUp
+
+
+# Per-module adapters, applied right after the import on every loop (the
+# asyncio baseline included, so both columns run the same adapted tests).
+# Each gets the module and a loop factory: a counting policy instance's
+# new_event_loop(), so every loop it makes is counted. For asyncio that is
+# DefaultEventLoopPolicy().new_event_loop(), i.e. what asyncio.new_event_loop()
+# returns; it cannot be asyncio.new_event_loop() itself, since test_runners has
+# its own TestPolicy installed then, whose new_event_loop() calls the factory.
+ADAPTERS = {
+    "test_runners": adapt_test_runners,
+    "test_pep492": adapt_test_pep492,
+}
+
+
 def brief(err, limit=1500):
     text = "".join(traceback.format_exception(*err))
     return text if len(text) <= limit else "...\n" + text[-limit:]
@@ -199,7 +256,9 @@ def run_module(policy_spec, loop_spec, module, emit, select_path):
     install_harness_shims()
     asyncio.set_event_loop_policy(policy_cls())  # also for module/class setup
 
-    importlib.import_module(PACKAGE + module)  # an ImportError ends this process
+    mod = importlib.import_module(PACKAGE + module)  # an ImportError ends this process
+    if module in ADAPTERS:
+        ADAPTERS[module](mod, policy_cls().new_event_loop)
     tests = list(flatten(unittest.defaultTestLoader.loadTestsFromName(PACKAGE + module)))
     emit(event="collected", ids=[short_id(t) for t in tests])
     if select_path:
@@ -219,9 +278,18 @@ def run_module(policy_spec, loop_spec, module, emit, select_path):
     for test in tests:
         if short_id(test) not in recorder.started:
             kind, detail = problems[-1] if problems else ("error", "not run")
-            emit(event="end", id=short_id(test), outcome=kind, detail=detail,
-                 native_loops=0, other_loops=0, foreign_loops=0, time=0.0)
+            emit(
+                event="end",
+                id=short_id(test),
+                outcome=kind,
+                detail=detail,
+                native_loops=0,
+                other_loops=0,
+                foreign_loops=0,
+                time=0.0,
+            )
     emit(event="done")
+
 
 if __name__ == "__main__":
     main(*sys.argv[1:])

@@ -35,13 +35,25 @@ LOOPS = {
 # Slowest first, so a pool of 2 finishes early. test_base_events is left out
 # on purpose (README.md); --modules test_base_events still runs it.
 MODULES = [
-    "test_tasks", "test_taskgroups", "test_waitfor", "test_futures",
-    "test_locks", "test_timeouts", "test_queues", "test_runners",
-    "test_pep492", "test_context", "test_futures2", "test_threads",
+    "test_tasks",
+    "test_taskgroups",
+    "test_waitfor",
+    "test_futures",
+    "test_locks",
+    "test_timeouts",
+    "test_queues",
+    "test_runners",
+    "test_pep492",
+    "test_context",
+    "test_futures2",
+    "test_threads",
 ]
 
 CATEGORY = {  # child outcome -> reported category
-    "fail": "fail", "timeout": "fail", "error": "error", "crash": "error",
+    "fail": "fail",
+    "timeout": "fail",
+    "error": "error",
+    "crash": "error",
     "skip": "skip",
 }
 PASSED = ("pass-native", "pass-no-native")
@@ -97,12 +109,20 @@ def run_module(loop, module, only=None, test_timeout=60, module_timeout=300):
             events_path = Path(f"{stem}.{restarts}.jsonl")
             select = {"skip": sorted(tests)} | ({"only": sorted(only)} if only else {})
             select_path.write_text(json.dumps(select))
-            cmd = [sys.executable, str(CHILD), policy, loop_cls, module,
-                   str(events_path), str(select_path)]
+            cmd = [
+                sys.executable,
+                str(CHILD),
+                policy,
+                loop_cls,
+                module,
+                str(events_path),
+                str(select_path),
+            ]
             log.write(f"$ {' '.join(cmd)}\n")
             log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
             killed = watch(proc, events_path, test_timeout, deadline)
             events = read_events(events_path)
             before, started = len(tests), set()
@@ -112,7 +132,9 @@ def run_module(loop, module, only=None, test_timeout=60, module_timeout=300):
                 elif event["event"] == "start":
                     started.add(event["id"])
                 elif event["event"] == "end":
-                    tests[event["id"]] = {k: v for k, v in event.items() if k not in ("event", "id")}
+                    tests[event["id"]] = {
+                        k: v for k, v in event.items() if k not in ("event", "id")
+                    }
             if wanted is None:  # could not even import / collect
                 status, error = "error", tail(log_path)
                 break
@@ -121,9 +143,11 @@ def run_module(loop, module, only=None, test_timeout=60, module_timeout=300):
                     status = f"exit code {proc.returncode} after the last test"
                 break
             outcome = "timeout" if killed else "crash"
-            why = {"timeout": f"killed: no progress for {test_timeout} s",
-                   "module-timeout": f"killed: module timeout {module_timeout} s",
-                   None: f"process died, exit code {proc.returncode}; see {log_path.name}"}[killed]
+            why = {
+                "timeout": f"killed: no progress for {test_timeout} s",
+                "module-timeout": f"killed: module timeout {module_timeout} s",
+                None: f"process died, exit code {proc.returncode}; see {log_path.name}",
+            }[killed]
             for test_id in started - tests.keys():  # the test that hung or crashed
                 tests[test_id] = {"outcome": outcome, "detail": why}
             status = "module-timeout" if killed == "module-timeout" else "restarted"
@@ -141,8 +165,14 @@ def run_module(loop, module, only=None, test_timeout=60, module_timeout=300):
         rec["category"] = category(rec)
         if rec["category"] in PASSED and rec.get("detail") == "":
             rec.pop("detail")
-    return {"status": status, "error": error, "restarts": restarts, "log": str(log_path),
-            "seconds": round(time.monotonic() - start, 1), "tests": tests}
+    return {
+        "status": status,
+        "error": error,
+        "restarts": restarts,
+        "log": str(log_path),
+        "seconds": round(time.monotonic() - start, 1),
+        "tests": tests,
+    }
 
 
 def run_all(loops, modules, jobs=2, **kwargs):
@@ -189,31 +219,51 @@ def compare(results, loop, baseline, exclusions):
             elif passed(base, test_id) and not passed(res, test_id):
                 rec = rec or {"outcome": "missing", "detail": res["error"]}
                 regressions.append((test_id, rec["outcome"], rec.get("detail", "")))
-            elif (rec and base_rec and rec["category"] == "pass-no-native"
-                  and base_rec["category"] == "pass-native"):
+            elif (
+                rec
+                and base_rec
+                and rec["category"] == "pass-no-native"
+                and base_rec["category"] == "pass-native"
+            ):
                 unverified.append(test_id)
         for test_id in exclusions:
             if test_id.split(".")[0] == module and test_id not in ids:
                 stale.append((test_id, "no such test", exclusions[test_id]))
         base_cats = [rec["category"] for rec in base["tests"].values()]
-        rows.append({
-            "module": module,
-            "tests": len(ids),
-            "baseline_pass": sum(c in PASSED for c in base_cats),
-            "baseline_native": base_cats.count("pass-native"),
-            "pass": sum(c in PASSED for c in cats),
-            "pass_native": cats.count("pass-native"),
-            "pass_no_native": cats.count("pass-no-native"),
-            "fail": cats.count("fail"),
-            "error": cats.count("error"),
-            "skip": cats.count("skip"),
-            "excluded": len(excluded),
-            "regressions": sum(r[0].split(".")[0] == module for r in regressions),
-            "notes": ", ".join(sorted({f"{name}: {r['status']}" for name, r in
-                                       ((baseline, base), (loop, res)) if r["status"] != "ok"})),
-        })
-    return {"loop": loop, "baseline": baseline, "rows": rows, "exclusions": exclusions,
-            "regressions": regressions, "stale": stale, "unverified": unverified}
+        rows.append(
+            {
+                "module": module,
+                "tests": len(ids),
+                "baseline_pass": sum(c in PASSED for c in base_cats),
+                "baseline_native": base_cats.count("pass-native"),
+                "pass": sum(c in PASSED for c in cats),
+                "pass_native": cats.count("pass-native"),
+                "pass_no_native": cats.count("pass-no-native"),
+                "fail": cats.count("fail"),
+                "error": cats.count("error"),
+                "skip": cats.count("skip"),
+                "excluded": len(excluded),
+                "regressions": sum(r[0].split(".")[0] == module for r in regressions),
+                "notes": ", ".join(
+                    sorted(
+                        {
+                            f"{name}: {r['status']}"
+                            for name, r in ((baseline, base), (loop, res))
+                            if r["status"] != "ok"
+                        }
+                    )
+                ),
+            }
+        )
+    return {
+        "loop": loop,
+        "baseline": baseline,
+        "rows": rows,
+        "exclusions": exclusions,
+        "regressions": regressions,
+        "stale": stale,
+        "unverified": unverified,
+    }
 
 
 def retry_regressions(results, report_fn, loop, baseline, exclusions, **kwargs):
@@ -236,11 +286,36 @@ def retry_regressions(results, report_fn, loop, baseline, exclusions, **kwargs):
 
 def table(report):
     loop, base = report["loop"], report["baseline"]
-    head = ["module", "tests", f"{base} pass", f"{base} on its loop", f"{loop} pass",
-            f"on {loop} loop", "no native loop", "fail", "error", "skip", "excluded",
-            "regressions", "notes"]
-    keys = ["module", "tests", "baseline_pass", "baseline_native", "pass", "pass_native",
-            "pass_no_native", "fail", "error", "skip", "excluded", "regressions", "notes"]
+    head = [
+        "module",
+        "tests",
+        f"{base} pass",
+        f"{base} on its loop",
+        f"{loop} pass",
+        f"on {loop} loop",
+        "no native loop",
+        "fail",
+        "error",
+        "skip",
+        "excluded",
+        "regressions",
+        "notes",
+    ]
+    keys = [
+        "module",
+        "tests",
+        "baseline_pass",
+        "baseline_native",
+        "pass",
+        "pass_native",
+        "pass_no_native",
+        "fail",
+        "error",
+        "skip",
+        "excluded",
+        "regressions",
+        "notes",
+    ]
     rows = [[str(row[k]) for k in keys] for row in report["rows"]]
     totals = ["**total**"] + [str(sum(row[k] for row in report["rows"])) for k in keys[1:-1]] + [""]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -254,11 +329,15 @@ def problems_text(report, limit=None):
         last = detail.strip().splitlines()[-1] if detail.strip() else ""
         out.append(f"- REGRESSION `{test_id}`: {outcome}: {last}")
     for test_id, why, reason in report["stale"]:
-        out.append(f"- STALE EXCLUSION `{test_id}` ({why}); remove it from "
-                   f"exclusions.toml [{report['loop']}] (reason was: {reason})")
+        out.append(
+            f"- STALE EXCLUSION `{test_id}` ({why}); remove it from "
+            f"exclusions.toml [{report['loop']}] (reason was: {reason})"
+        )
     for test_id in report["unverified"][:limit]:
-        out.append(f"- NOTE `{test_id}` passed without creating a {report['loop']} loop, "
-                   f"but created one on {report['baseline']}")
+        out.append(
+            f"- NOTE `{test_id}` passed without creating a {report['loop']} loop, "
+            f"but created one on {report['baseline']}"
+        )
     return "\n".join(out)
 
 
@@ -274,10 +353,18 @@ def write_results(results, report, command, directory=HERE):
     name = "results" if loop == "ferroloop" else f"results-{loop}"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     problems = problems_text(report) or "None."
-    outcomes = {test_id: rec["outcome"] for res in results[loop].values()
-                for test_id, rec in res["tests"].items()}
-    excluded = "\n".join(f"- `{test_id}`: {outcomes.get(test_id, 'not run')}: {reason}"
-                         for test_id, reason in sorted(report["exclusions"].items())) or "None."
+    outcomes = {
+        test_id: rec["outcome"]
+        for res in results[loop].values()
+        for test_id, rec in res["tests"].items()
+    }
+    excluded = (
+        "\n".join(
+            f"- `{test_id}`: {outcomes.get(test_id, 'not run')}: {reason}"
+            for test_id, reason in sorted(report["exclusions"].items())
+        )
+        or "None."
+    )
     md = f"""# Conformance results: {loop} vs {base}
 
 Generated by `{command}` on {stamp}; Python {platform.python_version()},
@@ -306,15 +393,27 @@ exclusions.toml. A timeout counts as fail, a crashed process as error.
         for res in results[which].values():
             for test_id, rec in res["tests"].items():
                 tests.setdefault(test_id, ["missing", "missing"])[which == loop] = rec["category"]
-    failures = {which: {test_id: rec for res in results[which].values()
-                        for test_id, rec in res["tests"].items()
-                        if rec["category"] in ("fail", "error")}
-                for which in (base, loop)}
-    data = {"generated": stamp, "command": command, "python": platform.python_version(),
-            "loop": loop, "baseline": base, "summary": report["rows"],
-            "regressions": [r[0] for r in report["regressions"]],
-            "stale_exclusions": [s[0] for s in report["stale"]],
-            "failures": failures, "tests": "TESTS"}
+    failures = {
+        which: {
+            test_id: rec
+            for res in results[which].values()
+            for test_id, rec in res["tests"].items()
+            if rec["category"] in ("fail", "error")
+        }
+        for which in (base, loop)
+    }
+    data = {
+        "generated": stamp,
+        "command": command,
+        "python": platform.python_version(),
+        "loop": loop,
+        "baseline": base,
+        "summary": report["rows"],
+        "regressions": [r[0] for r in report["regressions"]],
+        "stale_exclusions": [s[0] for s in report["stale"]],
+        "failures": failures,
+        "tests": "TESTS",
+    }
     text = json.dumps(data, indent=1, sort_keys=True)
     lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(tests.items()))
     text = text.replace('"TESTS"', "{\n" + lines + "\n }")
@@ -324,16 +423,23 @@ exclusions.toml. A timeout counts as fail, a crashed process as error.
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--loop", default="ferroloop", choices=sorted(LOOPS))
-    parser.add_argument("--modules", default=",".join(MODULES),
-                        help="comma-separated test_asyncio modules (default: %(default)s)")
+    parser.add_argument(
+        "--modules",
+        default=",".join(MODULES),
+        help="comma-separated test_asyncio modules (default: %(default)s)",
+    )
     parser.add_argument("--compare", default="asyncio", choices=sorted(LOOPS) + ["none"])
-    parser.add_argument("--write-results", action="store_true",
-                        help="write results[-LOOP].md/.json next to this file")
+    parser.add_argument(
+        "--write-results",
+        action="store_true",
+        help="write results[-LOOP].md/.json next to this file",
+    )
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--test-timeout", type=float, default=60)
     parser.add_argument("--module-timeout", type=float, default=300)
-    parser.add_argument("--no-retry", action="store_true",
-                        help="do not rerun regressions once in a fresh process")
+    parser.add_argument(
+        "--no-retry", action="store_true", help="do not rerun regressions once in a fresh process"
+    )
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
     baseline = args.compare if args.compare != "none" else args.loop
@@ -349,12 +455,15 @@ def main(argv=None):
         report = retry_regressions(results, compare, args.loop, baseline, exclusions, **limits)
     print(table(report))
     print(problems_text(report, limit=50))
-    print(f"\n{len(report['regressions'])} regressions, {len(report['stale'])} stale "
-          f"exclusions ({time.monotonic() - t0:.0f} s; logs in {OUT_DIR})")
+    print(
+        f"\n{len(report['regressions'])} regressions, {len(report['stale'])} stale "
+        f"exclusions ({time.monotonic() - t0:.0f} s; logs in {OUT_DIR})"
+    )
     (OUT_DIR / "last-run.json").write_text(json.dumps(results, indent=1) + "\n")
     if args.write_results:
         command = "python3 -m tests.conformance.run " + " ".join(
-            argv if argv is not None else sys.argv[1:])
+            argv if argv is not None else sys.argv[1:]
+        )
         write_results(results, report, command.strip())
     return 1 if report["regressions"] or report["stale"] else 0
 

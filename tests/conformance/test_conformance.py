@@ -36,7 +36,9 @@ def report(request):
     run.write_results(results, report, "pytest tests/conformance", directory=run.OUT_DIR)
     request.config._conformance_summary = (
         f"{LOOP} vs {BASELINE} (full record: {run.OUT_DIR / 'results.md'})\n"
-        + run.table(report) + "\n" + run.problems_text(report, limit=SHOWN)
+        + run.table(report)
+        + "\n"
+        + run.problems_text(report, limit=SHOWN)
     )
     return report
 
@@ -45,12 +47,16 @@ def report(request):
 def test_module_conforms(report, module):
     regressions = [r for r in report["regressions"] if r[0].split(".")[0] == module]
     stale = [s for s in report["stale"] if s[0].split(".")[0] == module]
-    lines = [f"{test_id}: {outcome}: {(detail.strip().splitlines() or [''])[-1]}"
-             for test_id, outcome, detail in regressions[:SHOWN]]
+    lines = [
+        f"{test_id}: {outcome}: {(detail.strip().splitlines() or [''])[-1]}"
+        for test_id, outcome, detail in regressions[:SHOWN]
+    ]
     if len(regressions) > SHOWN:
         lines.append(f"... and {len(regressions) - SHOWN} more")
-    lines += [f"STALE exclusion {test_id} ({why}): remove it from exclusions.toml [{LOOP}]"
-              for test_id, why, _ in stale]
+    lines += [
+        f"STALE exclusion {test_id} ({why}): remove it from exclusions.toml [{LOOP}]"
+        for test_id, why, _ in stale
+    ]
     if lines:
         pytest.fail(
             f"{module}: {len(regressions)} tests pass on {BASELINE} but not on {LOOP}, "
