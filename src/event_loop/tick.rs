@@ -90,7 +90,10 @@ impl EventLoop {
                 return Err(PyRuntimeError::new_err("Event loop is closed"));
             };
             if let Some(d) = deadline {
-                poller.arm_timer(d).map_err(errors::os_error)?;
+                if let Err(e) = poller.arm_timer(d) {
+                    self.sleeping.store(false, Ordering::SeqCst);
+                    return Err(errors::os_error(e));
+                }
             }
             let res = py.detach(|| poller.poll(None));
             self.sleeping.store(false, Ordering::SeqCst);
