@@ -64,7 +64,7 @@ impl ThreadPool {
                 value,
             ],
         )?;
-        match EventLoop::call_soon_threadsafe_impl(event_loop, setter, args, None) {
+        match EventLoop::schedule_soon(event_loop, setter, args, None, true) {
             Ok(_) => Ok(()),
             // The loop was closed meanwhile: as above.
             Err(_) if event_loop.get().closed_flag() => Ok(()),
@@ -162,12 +162,8 @@ impl ThreadPool {
                     continue;
                 }
                 let cancel = job.future.bind(py).getattr("cancel")?;
-                let _ = EventLoop::call_soon_threadsafe_impl(
-                    event_loop,
-                    cancel,
-                    PyTuple::empty(py),
-                    None,
-                );
+                let _ =
+                    EventLoop::schedule_soon(event_loop, cancel, PyTuple::empty(py), None, true);
             }
         }
         Ok(())

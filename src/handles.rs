@@ -284,16 +284,14 @@ impl TimerHandle {
         let (a, b) = (slf.get().when, other.get().when);
         let equal = || -> PyResult<bool> {
             let (x, y) = (slf.as_super().get(), other.as_super().get());
-            Ok(a == b
-                && x.is_cancelled() == y.is_cancelled()
-                && x.callback_parts(py)
-                    .map(|(f, _)| f)
-                    .into_pyobject(py)?
-                    .eq(y.callback_parts(py).map(|(f, _)| f).into_pyobject(py)?)?
-                && x.callback_parts(py)
-                    .map(|(_, a)| a)
-                    .into_pyobject(py)?
-                    .eq(y.callback_parts(py).map(|(_, a)| a).into_pyobject(py)?)?)
+            if a != b || x.is_cancelled() != y.is_cancelled() {
+                return Ok(false);
+            }
+            // A cancelled handle has dropped its callback: both are None.
+            let (xf, xa) = x.callback_parts(py).unzip();
+            let (yf, ya) = y.callback_parts(py).unzip();
+            Ok(xf.into_pyobject(py)?.eq(yf.into_pyobject(py)?)?
+                && xa.into_pyobject(py)?.eq(ya.into_pyobject(py)?)?)
         };
         let r = match op {
             CompareOp::Lt => a < b,

@@ -222,14 +222,6 @@ class Loop(SignalsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
     def _check_callback(self, callback, method):
         _check_callback(callback, method)
 
-    def _check_thread(self):
-        if self._thread_id is None:
-            return
-        if threading.get_ident() != self._thread_id:
-            raise RuntimeError(
-                "Non-thread-safe operation invoked on an event loop other than the current one"
-            )
-
     def _timer_handle_cancelled(self, handle):
         """Kept for API parity; the native TimerHandle notifies the core."""
 

@@ -16,22 +16,13 @@ use crate::handles::{Handle, TimerHandle};
 use crate::py;
 
 /// A delay or deadline as a float, computed as asyncio computes it.
-fn seconds(base: f64, value: &Bound<'_, PyAny>) -> PyResult<(f64, Option<Py<PyAny>>)> {
+fn seconds(base: f64, value: &Bound<'_, PyAny>) -> PyResult<f64> {
     if value.is_exact_instance_of::<PyFloat>() || value.is_exact_instance_of::<PyInt>() {
-        return Ok((base + value.extract::<f64>()?, None));
+        return Ok(base + value.extract::<f64>()?);
     }
     // NOTE: asyncio evaluates `self.time() + delay`; doing the same keeps its
     // exceptions (TypeError for a str, OverflowError for a huge int).
-    let sum = PyFloat::new(value.py(), base).add(value)?;
-    let f = sum.extract::<f64>()?;
-    Ok((
-        f,
-        if base == 0.0 {
-            Some(value.clone().unbind())
-        } else {
-            None
-        },
-    ))
+    PyFloat::new(value.py(), base).add(value)?.extract::<f64>()
 }
 
 #[pymethods]
@@ -54,7 +45,7 @@ impl EventLoop {
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
-        Self::call_soon_impl(slf, callback, args, context)
+        Self::schedule_soon(slf, callback, args, context, false)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -64,7 +55,7 @@ impl EventLoop {
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
-        Self::call_soon_threadsafe_impl(slf, callback, args, context)
+        Self::schedule_soon(slf, callback, args, context, true)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
@@ -78,7 +69,7 @@ impl EventLoop {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let (when, _) = seconds(clock::monotonic(), &delay)?;
+        let when = seconds(clock::monotonic(), &delay)?;
         // NOTE: asyncio's call_later goes through call_at: its debug checks
         // name "call_at".
         Self::call_at_impl(slf, when, None, callback, args, context, "call_at")
@@ -175,6 +166,11 @@ impl EventLoop {
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// asyncio's `_check_thread`.
+    fn _check_thread(&self) -> PyResult<()> {
+        self.check_thread()
     }
 
     fn _check_closed(&self) -> PyResult<()> {

@@ -58,38 +58,32 @@ impl EventLoop {
         Ok(())
     }
 
-    pub(crate) fn call_soon_impl<'py>(
+    /// `call_soon` (`threadsafe == false`) and `call_soon_threadsafe`: the
+    /// same queue; the thread-safe variant skips the debug thread check and
+    /// wakes a sleeping loop.
+    pub(crate) fn schedule_soon<'py>(
         slf: &Bound<'py, Self>,
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
+        threadsafe: bool,
     ) -> PyResult<Bound<'py, Handle>> {
         let this = slf.get();
         this.check_usable()?;
         if this.debug_enabled() {
-            Self::debug_checks(slf, &callback, "call_soon", true)?;
+            let method = if threadsafe {
+                "call_soon_threadsafe"
+            } else {
+                "call_soon"
+            };
+            Self::debug_checks(slf, &callback, method, !threadsafe)?;
         }
         let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, context)?)?;
         handles::untrack(handle.as_any());
         this.core.lock().ready.push(handle.clone().unbind());
-        Ok(handle)
-    }
-
-    pub(crate) fn call_soon_threadsafe_impl<'py>(
-        slf: &Bound<'py, Self>,
-        callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        let this = slf.get();
-        this.check_usable()?;
-        if this.debug_enabled() {
-            Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
+        if threadsafe {
+            this.wake();
         }
-        let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, context)?)?;
-        handles::untrack(handle.as_any());
-        this.core.lock().ready.push(handle.clone().unbind());
-        this.wake();
         Ok(handle)
     }
 

@@ -58,11 +58,16 @@ impl EventLoop {
                 e.item.get().set_unscheduled();
                 removed.push(e.item);
             }
-            let _ = self
-                .timer_cancelled
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            self.uncount_cancelled_timer();
         }
         removed
+    }
+
+    /// A cancelled timer left the heap (asyncio's `_timer_cancelled_count -= 1`).
+    fn uncount_cancelled_timer(&self) {
+        let _ = self
+            .timer_cancelled
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// Blocks in poll when there is nothing to run.
@@ -81,7 +86,7 @@ impl EventLoop {
             if !must_poll_io {
                 return Ok(PollOutcome::default());
             }
-            return self.poll(py, Some(Duration::ZERO));
+            return self.poll(Some(Duration::ZERO));
         }
         let outcome = {
             let mut guard = self.poller.lock();
@@ -103,7 +108,7 @@ impl EventLoop {
     }
 
     /// A poll that does not block: the GIL is kept.
-    fn poll(&self, _py: Python<'_>, timeout: Option<Duration>) -> PyResult<PollOutcome> {
+    fn poll(&self, timeout: Option<Duration>) -> PyResult<PollOutcome> {
         let mut guard = self.poller.lock();
         match guard.as_mut() {
             Some(p) => p.poll(timeout).map_err(errors::os_error),
