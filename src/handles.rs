@@ -21,7 +21,13 @@ pub(crate) struct Callback {
 }
 
 /// A callback scheduled with `call_soon` / `call_soon_threadsafe`.
-#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+#[pyclass(
+    frozen,
+    subclass,
+    weakref,
+    freelist = 4096,
+    module = "ferroloop._ferroloop"
+)]
 pub struct Handle {
     callback: Mutex<Option<Callback>>,
     context: Py<PyAny>,
@@ -67,11 +73,14 @@ impl Handle {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    fn callback_parts(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
+    fn callback_parts<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         self.callback
             .lock()
             .as_ref()
-            .map(|cb| (cb.func.clone_ref(py), cb.args.clone_ref(py)))
+            .map(|cb| (cb.func.bind(py).clone(), cb.args.bind(py).clone()))
     }
 
     /// Runs the callback inside its context, as `context.run(cb, *args)`.
@@ -148,18 +157,26 @@ pub(crate) fn untrack(obj: &Bound<'_, PyAny>) {
     unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) };
 }
 
-/// Drops the loop's reference to a handle that left the queue (see `untrack`).
-pub(crate) fn release<T>(obj: Py<T>) {
+/// Tracks a handle that is not queued (a pooled handle comes untracked, see
+/// `freelist`).
+pub(crate) fn track(obj: &Bound<'_, PyAny>) {
     let ptr = obj.as_ptr();
-    // SAFETY: we hold a strong reference, so `ptr` is live; the GIL is held
-    // (callers are loop methods); tracking is only done on an untracked
-    // object, as PyObject_GC_Track requires.
+    // SAFETY: `obj` is live and GC-capable; tracking is only done on an
+    // untracked object, as PyObject_GC_Track requires.
     unsafe {
-        if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
+        if ffi::PyObject_GC_IsTracked(ptr) == 0 {
             ffi::PyObject_GC_Track(ptr.cast());
         }
     }
-    drop(obj);
+}
+
+/// Drops the loop's reference to a handle that left the queue (see `untrack`).
+pub(crate) fn release<T>(py: Python<'_>, obj: Py<T>) {
+    let obj = obj.into_bound(py).into_any();
+    // SAFETY: `obj` is a live object we hold a reference to.
+    if unsafe { ffi::Py_REFCNT(obj.as_ptr()) } > 1 {
+        track(&obj);
+    }
 }
 
 impl TimerHandle {
@@ -171,17 +188,25 @@ impl TimerHandle {
         }
     }
 
+    /// asyncio's `TimerHandle.cancel()`: a scheduled timer also counts as
+    /// cancelled for the loop's heap compaction.
+    pub(crate) fn cancel_timer(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let base = slf.as_super();
+        if Handle::cancel_once(base)? && slf.get().scheduled.load(Ordering::Relaxed) {
+            base.get().event_loop.get().timer_cancelled();
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_unscheduled(&self) {
         self.scheduled.store(false, Ordering::Relaxed);
     }
 }
 
+/// NOTE: `cancel` of both handle types is a hand-written entry in
+/// `event_loop/fastcall.rs` (timer create+cancel is a hot path).
 #[pymethods]
 impl Handle {
-    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Handle::cancel_once(slf).map(|_| ())
-    }
-
     fn cancelled(&self) -> bool {
         self.is_cancelled()
     }
@@ -206,12 +231,12 @@ impl Handle {
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+    fn _callback<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
         self.callback_parts(py).map(|(f, _)| f)
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+    fn _args<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyTuple>> {
         self.callback_parts(py).map(|(_, a)| a)
     }
 
@@ -310,12 +335,16 @@ impl TimerHandle {
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
         self.when.into_pyobject(py)?.hash()
     }
+}
 
-    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let base = slf.as_super();
-        if Handle::cancel_once(base)? && slf.get().scheduled.load(Ordering::Relaxed) {
-            base.get().event_loop.get().timer_cancelled();
-        }
-        Ok(())
+impl crate::freelist::Pooled for Handle {
+    fn pool() -> &'static crate::freelist::Pool {
+        &crate::freelist::HANDLES
+    }
+}
+
+impl crate::freelist::Pooled for TimerHandle {
+    fn pool() -> &'static crate::freelist::Pool {
+        &crate::freelist::TIMER_HANDLES
     }
 }

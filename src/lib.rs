@@ -4,6 +4,7 @@ mod clock;
 mod errors;
 mod event_loop;
 mod executor;
+mod freelist;
 mod handles;
 mod io;
 mod py;
@@ -18,6 +19,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<executor::ThreadPool>()?;
     m.add_class::<handles::TimerHandle>()?;
+    freelist::install::<handles::Handle>(m.py());
+    freelist::install::<handles::TimerHandle>(m.py());
+    event_loop::fastcall::install(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,29 +1,20 @@
 //! The one `#[pymethods]` block of `EventLoop`: thin argument shims over the
-//! logic in `ready.rs` and `tick.rs`. The long tail (run_until_complete,
+//! logic in `ready.rs` and `tick.rs` (the hottest methods, `call_soon`,
+//! `call_later`, `call_at`, `call_soon_threadsafe`, `get_debug` and `time`,
+//! have hand-written entries in `fastcall.rs`). The long tail (run_until_complete,
 //! exception handler, executor, asyncgens) is in `python/ferroloop/_loop.py`.
 
 use std::sync::atomic::Ordering;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::EventLoop;
-use crate::clock;
 use crate::errors;
-use crate::handles::{Handle, TimerHandle};
+use crate::handles::Handle;
 use crate::py;
-
-/// A delay or deadline as a float, computed as asyncio computes it.
-fn seconds(base: f64, value: &Bound<'_, PyAny>) -> PyResult<f64> {
-    if value.is_exact_instance_of::<PyFloat>() || value.is_exact_instance_of::<PyInt>() {
-        return Ok(base + value.extract::<f64>()?);
-    }
-    // NOTE: asyncio evaluates `self.time() + delay`; doing the same keeps its
-    // exceptions (TypeError for a str, OverflowError for a huge int).
-    PyFloat::new(value.py(), base).add(value)?.extract::<f64>()
-}
 
 #[pymethods]
 impl EventLoop {
@@ -31,67 +22,6 @@ impl EventLoop {
     #[pyo3(signature = (*_args, **_kwargs))]
     fn __new__(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         Self::create()
-    }
-
-    /// The loop's clock: `time.monotonic()`'s clock, nanosecond resolution.
-    fn time(&self) -> f64 {
-        clock::monotonic()
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon<'py>(
-        slf: &Bound<'py, Self>,
-        callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        Self::schedule_soon(slf, callback, args, context, false)
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe<'py>(
-        slf: &Bound<'py, Self>,
-        callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        Self::schedule_soon(slf, callback, args, context, true)
-    }
-
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later<'py>(
-        slf: &Bound<'py, Self>,
-        delay: Bound<'py, PyAny>,
-        callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, TimerHandle>> {
-        if delay.is_none() {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        }
-        let when = seconds(clock::monotonic(), &delay)?;
-        // NOTE: asyncio's call_later goes through call_at: its debug checks
-        // name "call_at".
-        Self::call_at_impl(slf, when, None, callback, args, context, "call_at")
-    }
-
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at<'py>(
-        slf: &Bound<'py, Self>,
-        when: Bound<'py, PyAny>,
-        callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, TimerHandle>> {
-        if when.is_none() {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        }
-        let (w, obj) = if when.is_exact_instance_of::<PyFloat>() {
-            (when.extract::<f64>()?, None)
-        } else {
-            (when.extract::<f64>()?, Some(when.clone().unbind()))
-        };
-        Self::call_at_impl(slf, w, obj, callback, args, context, "call_at")
     }
 
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
@@ -142,10 +72,6 @@ impl EventLoop {
 
     fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.task_factory.lock().as_ref().map(|f| f.clone_ref(py))
-    }
-
-    fn get_debug(&self) -> bool {
-        self.debug_enabled()
     }
 
     /// Sets the flag only; `Loop.set_debug` adds asyncio's side effects.
@@ -217,7 +143,9 @@ impl EventLoop {
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, Handle>> {
-        Bound::new(slf.py(), Self::make_handle(slf, callback, args, None)?)
+        let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, None)?)?;
+        crate::handles::track(handle.as_any());
+        Ok(handle)
     }
 
     /// asyncio's `_add_callback_signalsafe`: queue an existing handle unless

@@ -6,6 +6,7 @@
 //! structure are dropped after the lock is released).
 
 mod api;
+pub(crate) mod fastcall;
 mod ready;
 mod tick;
 
@@ -161,8 +162,10 @@ impl EventLoop {
         let poller = self.poller.lock().take();
         drop(poller);
         // Released outside the lock: handles may hold objects with __del__.
-        ready.into_iter().for_each(handles::release);
-        timers.into_iter().for_each(handles::release);
+        Python::attach(|py| {
+            ready.into_iter().for_each(|h| handles::release(py, h));
+            timers.into_iter().for_each(|h| handles::release(py, h));
+        });
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -190,8 +193,10 @@ impl EventLoop {
             (core.ready.drain(), core.timers.drain())
         };
         let factory = self.task_factory.lock().take();
-        ready.into_iter().for_each(handles::release);
-        timers.into_iter().for_each(handles::release);
+        Python::attach(|py| {
+            ready.into_iter().for_each(|h| handles::release(py, h));
+            timers.into_iter().for_each(|h| handles::release(py, h));
+        });
         drop(factory);
     }
 }

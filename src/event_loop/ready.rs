@@ -9,12 +9,24 @@
 
 use std::sync::atomic::Ordering;
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyFloat, PyInt, PyTuple};
 
 use super::EventLoop;
+use crate::clock;
 use crate::handles::{self, Handle, TimerHandle};
 use crate::py;
+
+/// A delay or deadline as a float, computed as asyncio computes it.
+fn seconds(base: f64, value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    if value.is_exact_instance_of::<PyFloat>() || value.is_exact_instance_of::<PyInt>() {
+        return Ok(base + value.extract::<f64>()?);
+    }
+    // NOTE: asyncio evaluates `self.time() + delay`; doing the same keeps its
+    // exceptions (TypeError for a str, OverflowError for a huge int).
+    PyFloat::new(value.py(), base).add(value)?.extract::<f64>()
+}
 
 impl EventLoop {
     /// Builds a Handle for `callback(*args)` in `context` (a copy of the
@@ -121,5 +133,39 @@ impl EventLoop {
             this.wake();
         }
         Ok(timer)
+    }
+
+    /// asyncio's `call_later(delay, callback, *args, context=None)`.
+    pub(crate) fn call_later_impl<'py>(
+        slf: &Bound<'py, Self>,
+        delay: &Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = seconds(clock::monotonic(), delay)?;
+        // NOTE: asyncio's call_later goes through call_at: its debug checks
+        // name "call_at".
+        Self::call_at_impl(slf, when, None, callback, args, context, "call_at")
+    }
+
+    /// asyncio's `call_at(when, callback, *args, context=None)`.
+    pub(crate) fn call_at_obj<'py>(
+        slf: &Bound<'py, Self>,
+        when: &Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let w = when.extract::<f64>()?;
+        // asyncio's `when()` returns the object it was given.
+        let obj = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
+        Self::call_at_impl(slf, w, obj, callback, args, context, "call_at")
     }
 }

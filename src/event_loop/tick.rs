@@ -135,7 +135,7 @@ impl EventLoop {
     pub(crate) fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        this.sweep_timers(py).into_iter().for_each(handles::release);
+        this.sweep_timers(py).into_iter().for_each(|h| handles::release(py, h));
 
         let outcome = this.wait_for_work(py)?;
         if outcome.interrupted {
@@ -155,11 +155,11 @@ impl EventLoop {
         let mut batch = this.core.lock().ready.take_batch();
         while let Some(handle) = batch.pop_front() {
             if handle.get().is_cancelled() {
-                handles::release(handle);
+                handles::release(py, handle);
                 continue;
             }
             let result = Self::run_handle(slf, handle.bind(py));
-            handles::release(handle);
+            handles::release(py, handle);
             if let Err(err) = result {
                 // Leave the rest for the next run, in order (asyncio's deque).
                 this.core.lock().ready.requeue_front(batch);

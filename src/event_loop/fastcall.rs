@@ -1,0 +1,356 @@
+//! Hand-written `METH_FASTCALL` entries for the methods every asyncio step
+//! calls: `call_soon` (the C Task and Future schedule each step and each done
+//! callback with it), `get_debug` (every C Future's constructor calls it),
+//! `call_soon_threadsafe`, `call_later`, `call_at`, `time` and the handles'
+//! `cancel`.
+//!
+//! NOTE: pyo3's generated shim for `call_soon(callback, *args, context=None)`
+//! costs ~250 instructions per call (trampoline, a generic argument matcher
+//! that copies `*args` and matches keywords by string compare); these parse
+//! CPython's vectorcall arguments directly (~60). They are thin: argument
+//! parsing here, logic in `ready.rs` and `api.rs`. `install` puts them into
+//! the type dicts at module import, replacing nothing pyo3 defines.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::panic::PanicException;
+use pyo3::prelude::*;
+use pyo3::types::{PyTuple, PyType};
+
+use super::EventLoop;
+use crate::clock;
+use crate::handles::{Handle, TimerHandle};
+
+/// Runs `body` as a CPython method body: an `Err` is raised, a panic becomes
+/// pyo3's PanicException (never unwinds into C).
+///
+/// # Safety
+/// Must be called from a CPython method slot, i.e. with the GIL held.
+unsafe fn guard(
+    body: impl FnOnce(Python<'_>) -> PyResult<*mut ffi::PyObject>,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls method slots with the thread attached (GIL held).
+    let py = unsafe { Python::assume_attached() };
+    let err = match catch_unwind(AssertUnwindSafe(|| body(py))) {
+        Ok(Ok(obj)) => return obj,
+        Ok(Err(err)) => err,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic in a ferroloop method".to_owned());
+            PanicException::new_err(msg)
+        }
+    };
+    err.restore(py);
+    ptr::null_mut()
+}
+
+/// The arguments of `name(<N fixed>, *args, context=None)` from a vectorcall.
+struct Args<'py, const N: usize> {
+    fixed: [Borrowed<'py, 'py, PyAny>; N],
+    rest: Bound<'py, PyTuple>,
+    context: Option<Bound<'py, PyAny>>,
+}
+
+impl<'py, const N: usize> Args<'py, N> {
+    fn fixed(&self, i: usize) -> Bound<'py, PyAny> {
+        self.fixed[i].to_owned()
+    }
+}
+
+/// Parses `name(<fixed names>, *args, context=None)` as CPython would bind it
+/// (the fixed parameters may also be given by keyword when not positionally).
+///
+/// # Safety
+/// `args` holds `nargs` positional and `len(kwnames)` keyword values, all
+/// borrowed and live for the call, as vectorcall guarantees.
+unsafe fn parse<'py, const N: usize>(
+    py: Python<'py>,
+    name: &str,
+    fixed_names: [&str; N],
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Args<'py, N>> {
+    let nargs = usize::try_from(nargs).unwrap_or(0);
+    // SAFETY: per the contract, `args[..nargs + nkw]` are live borrowed objects.
+    let arg = |i: usize| unsafe { Borrowed::from_ptr(py, *args.add(i)) };
+    // SAFETY: Py_None is a live immortal object; it only fills slots that
+    // `seen` marks as unset, which are refused below.
+    let none = unsafe { Borrowed::from_ptr(py, ffi::Py_None()) };
+    let mut fixed = [none; N];
+    let mut seen = [false; N];
+    for i in 0..N.min(nargs) {
+        fixed[i] = arg(i);
+        seen[i] = true;
+    }
+    let mut context = None;
+    if !kwnames.is_null() {
+        // SAFETY: vectorcall's kwnames is a tuple of str (or NULL).
+        let names = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
+        for (k, key) in names.iter().enumerate() {
+            let value = arg(nargs + k);
+            let key = key.cast_into::<pyo3::types::PyString>()?;
+            let key = key.to_str()?;
+            if key == "context" {
+                context = Some(value.to_owned());
+            } else if let Some(i) = fixed_names.iter().position(|n| *n == key) {
+                if seen[i] {
+                    return Err(PyTypeError::new_err(format!(
+                        "{name}() got multiple values for argument '{key}'"
+                    )));
+                }
+                fixed[i] = value;
+                seen[i] = true;
+            } else {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}() got an unexpected keyword argument '{key}'"
+                )));
+            }
+        }
+    }
+    if let Some(i) = seen.iter().position(|s| !s) {
+        return Err(PyTypeError::new_err(format!(
+            "{name}() missing required argument '{}' (pos {})",
+            fixed_names[i],
+            i + 1
+        )));
+    }
+    let rest = if nargs > N {
+        // PyTuple::new increfs the borrowed items.
+        PyTuple::new(py, (N..nargs).map(arg))?
+    } else {
+        PyTuple::empty(py)
+    };
+    Ok(Args {
+        fixed,
+        rest,
+        context,
+    })
+}
+
+/// # Safety
+/// `slf` is an instance of `EventLoop` (the method descriptor checked it).
+unsafe fn event_loop<'a, 'py>(
+    py: Python<'py>,
+    slf: *mut ffi::PyObject,
+) -> Borrowed<'a, 'py, EventLoop> {
+    // SAFETY: per the contract.
+    unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<EventLoop>() }
+}
+
+unsafe extern "C" fn call_soon(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython as a METH_FASTCALL|METH_KEYWORDS method of
+    // EventLoop, with the GIL held and vectorcall's argument contract.
+    unsafe {
+        guard(|py| {
+            let a = parse(py, "call_soon", ["callback"], args, nargs, kwnames)?;
+            let lp = event_loop(py, slf);
+            let h = EventLoop::schedule_soon(&lp, a.fixed(0), a.rest, a.context, false)?;
+            Ok(h.into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn call_soon_threadsafe(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: as for `call_soon`.
+    unsafe {
+        guard(|py| {
+            let a = parse(
+                py,
+                "call_soon_threadsafe",
+                ["callback"],
+                args,
+                nargs,
+                kwnames,
+            )?;
+            let lp = event_loop(py, slf);
+            let h = EventLoop::schedule_soon(&lp, a.fixed(0), a.rest, a.context, true)?;
+            Ok(h.into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn call_later(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: as for `call_soon`.
+    unsafe {
+        guard(|py| {
+            let a = parse(
+                py,
+                "call_later",
+                ["delay", "callback"],
+                args,
+                nargs,
+                kwnames,
+            )?;
+            let lp = event_loop(py, slf);
+            let t = EventLoop::call_later_impl(&lp, &a.fixed(0), a.fixed(1), a.rest, a.context)?;
+            Ok(t.into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn call_at(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: as for `call_soon`.
+    unsafe {
+        guard(|py| {
+            let a = parse(py, "call_at", ["when", "callback"], args, nargs, kwnames)?;
+            let lp = event_loop(py, slf);
+            let t = EventLoop::call_at_obj(&lp, &a.fixed(0), a.fixed(1), a.rest, a.context)?;
+            Ok(t.into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn get_debug(
+    slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: METH_NOARGS method of EventLoop, GIL held.
+    unsafe {
+        guard(|py| {
+            let on = event_loop(py, slf).get().debug_enabled();
+            Ok(pyo3::types::PyBool::new(py, on).to_owned().into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn time(_slf: *mut ffi::PyObject, _: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: METH_NOARGS method, GIL held; returns a new reference or NULL
+    // with MemoryError set.
+    unsafe { ffi::PyFloat_FromDouble(clock::monotonic()) }
+}
+
+unsafe extern "C" fn handle_cancel(
+    slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: METH_NOARGS method of Handle (the descriptor checked the type).
+    unsafe {
+        guard(|py| {
+            let h = Borrowed::from_ptr(py, slf).cast_unchecked::<Handle>();
+            Handle::cancel_once(&h)?;
+            Ok(py.None().into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn timer_handle_cancel(
+    slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: METH_NOARGS method of TimerHandle (the descriptor checked it).
+    unsafe {
+        guard(|py| {
+            let t = Borrowed::from_ptr(py, slf).cast_unchecked::<TimerHandle>();
+            TimerHandle::cancel_timer(&t)?;
+            Ok(py.None().into_ptr())
+        })
+    }
+}
+
+const FASTCALL_KW: c_int = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
+
+fn fast_kw(
+    name: &'static CStr,
+    doc: &'static CStr,
+    f: ffi::PyCFunctionFastWithKeywords,
+) -> ffi::PyMethodDef {
+    ffi::PyMethodDef {
+        ml_name: name.as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: f,
+        },
+        ml_flags: FASTCALL_KW,
+        ml_doc: doc.as_ptr(),
+    }
+}
+
+fn noargs(name: &'static CStr, doc: &'static CStr, f: ffi::PyCFunction) -> ffi::PyMethodDef {
+    ffi::PyMethodDef {
+        ml_name: name.as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: f },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: doc.as_ptr(),
+    }
+}
+
+/// Adds `defs` to `ty` as methods (method descriptors, as a C type's
+/// `tp_methods` would make).
+fn add_methods(ty: &Bound<'_, PyType>, defs: Vec<ffi::PyMethodDef>) -> PyResult<()> {
+    let py = ty.py();
+    for def in defs {
+        // The definition must outlive the type: leak it (a few per import).
+        let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(def));
+        // SAFETY: `def` is 'static with a NUL-terminated name; the type
+        // pointer is live; PyDescr_NewMethod returns a new reference or NULL.
+        let descr = unsafe {
+            Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?
+        };
+        // SAFETY: ml_name is a valid NUL-terminated static string.
+        let name = unsafe { CStr::from_ptr(def.ml_name as *const c_char) }
+            .to_str()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        ty.setattr(name, descr)?;
+    }
+    Ok(())
+}
+
+/// Installs the fast entries on the extension's types.
+pub(crate) fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    add_methods(
+        &py.get_type::<EventLoop>(),
+        vec![
+            fast_kw(c"call_soon", c"call_soon($self, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon.", call_soon),
+            fast_kw(c"call_soon_threadsafe", c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), but thread-safe.", call_soon_threadsafe),
+            fast_kw(c"call_later", c"call_later($self, delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after delay seconds.", call_later),
+            fast_kw(c"call_at", c"call_at($self, when, callback, *args, context=None)\n--\n\nLike call_later(), but with an absolute time (loop.time()).", call_at),
+            noargs(c"get_debug", c"get_debug($self, /)\n--\n\nWhether the loop runs in debug mode.", get_debug),
+            noargs(c"time", c"time($self, /)\n--\n\nThe loop's clock: time.monotonic()'s clock.", time),
+        ],
+    )?;
+    add_methods(
+        &py.get_type::<Handle>(),
+        vec![noargs(
+            c"cancel",
+            c"cancel($self, /)\n--\n\nCancel the callback.",
+            handle_cancel,
+        )],
+    )?;
+    add_methods(
+        &py.get_type::<TimerHandle>(),
+        vec![noargs(
+            c"cancel",
+            c"cancel($self, /)\n--\n\nCancel the timer.",
+            timer_handle_cancel,
+        )],
+    )?;
+    Ok(())
+}
