@@ -1,8 +1,9 @@
 //! The one `#[pymethods]` block of `EventLoop`: thin argument shims over the
-//! logic in `ready.rs` and `tick.rs` (the hottest methods, `call_soon`,
-//! `call_later`, `call_at`, `call_soon_threadsafe`, `get_debug` and `time`,
-//! have hand-written entries in `fastcall.rs`). The long tail (run_until_complete,
-//! exception handler, executor, asyncgens) is in `python/ferroloop/_loop.py`.
+//! logic in `ready.rs`, `tasks.rs` and `tick.rs`. The hottest methods
+//! (`call_soon`, `call_soon_threadsafe`, `call_later`, `call_at`, `time`,
+//! `get_debug`, `create_future`, `create_task`) have hand-written entries in
+//! `fastcall.rs` instead. The long tail (run_until_complete, exception
+//! handler, executor, asyncgens) is in `python/ferroloop/_loop.py`.
 
 use std::sync::atomic::Ordering;
 
@@ -22,40 +23,6 @@ impl EventLoop {
     #[pyo3(signature = (*_args, **_kwargs))]
     fn __new__(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         Self::create()
-    }
-
-    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        py::new_future(slf.py(), slf.as_any())
-    }
-
-    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
-    fn create_task<'py>(
-        slf: &Bound<'py, Self>,
-        coro: Bound<'py, PyAny>,
-        name: Option<Bound<'py, PyAny>>,
-        context: Option<Bound<'py, PyAny>>,
-        kwargs: Option<Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_usable()?;
-        let has_factory = this.task_factory.lock().is_some();
-        let has_kwargs = kwargs.as_ref().is_some_and(|k| !k.is_empty());
-        if has_factory || has_kwargs {
-            return py::call_helper(py, "_create_task_slow", (slf, coro, name, context, kwargs));
-        }
-        let none = py.None().into_bound(py);
-        let task = py::new_task(
-            py,
-            &coro,
-            slf.as_any(),
-            name.as_ref().unwrap_or(&none),
-            context.as_ref().unwrap_or(&none),
-        )?;
-        if this.debug_enabled() {
-            py::call_helper(py, "_trim_source_traceback", (&task,))?;
-        }
-        Ok(task)
     }
 
     fn set_task_factory(&self, factory: Bound<'_, PyAny>) -> PyResult<()> {

@@ -11,6 +11,7 @@
 //! parsing here, logic in `ready.rs` and `api.rs`. `install` puts them into
 //! the type dicts at module import, replacing nothing pyo3 defines.
 
+use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
@@ -19,7 +20,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::{PyDict, PyTuple, PyType};
 
 use super::EventLoop;
 use crate::clock;
@@ -49,6 +50,45 @@ unsafe fn guard(
     };
     err.restore(py);
     ptr::null_mut()
+}
+
+/// Keyword-name tuples known to be exactly `("context",)`.
+///
+/// NOTE: the C Task and Future pass the same module-level `("context",)`
+/// tuple on every `call_soon`, and Python call sites pass their code
+/// object's constant: recognising it by identity skips decoding the name.
+/// A remembered tuple is kept alive (one reference each), so its address can
+/// never be reused by another tuple. Only touched with the GIL held.
+struct ContextOnly(UnsafeCell<[*mut ffi::PyObject; 4]>);
+
+// SAFETY: only accessed with the GIL held (from method bodies), which
+// serialises every access.
+unsafe impl Sync for ContextOnly {}
+
+static CONTEXT_ONLY: ContextOnly = ContextOnly(UnsafeCell::new([ptr::null_mut(); 4]));
+
+impl ContextOnly {
+    fn matches(&self, names: &Borrowed<'_, '_, PyTuple>) -> bool {
+        let p = names.as_ptr();
+        // SAFETY: the GIL is held (see the type's docs).
+        let slots = unsafe { &mut *self.0.get() };
+        if slots.contains(&p) {
+            return true;
+        }
+        let is_context = names.len() == 1
+            && names
+                .get_borrowed_item(0)
+                .is_ok_and(|k| k.cast::<pyo3::types::PyString>().is_ok_and(|k| k == "context"));
+        if is_context {
+            if let Some(slot) = slots.iter_mut().find(|s| s.is_null()) {
+                // SAFETY: `p` is a live tuple; the reference taken here is
+                // never released, which keeps the address unique.
+                unsafe { ffi::Py_INCREF(p) };
+                *slot = p;
+            }
+        }
+        is_context
+    }
 }
 
 /// The arguments of `name(<N fixed>, *args, context=None)` from a vectorcall.
@@ -94,24 +134,28 @@ unsafe fn parse<'py, const N: usize>(
     if !kwnames.is_null() {
         // SAFETY: vectorcall's kwnames is a tuple of str (or NULL).
         let names = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
-        for (k, key) in names.iter().enumerate() {
-            let value = arg(nargs + k);
-            let key = key.cast_into::<pyo3::types::PyString>()?;
-            let key = key.to_str()?;
-            if key == "context" {
-                context = Some(value.to_owned());
-            } else if let Some(i) = fixed_names.iter().position(|n| *n == key) {
-                if seen[i] {
+        if CONTEXT_ONLY.matches(&names) {
+            context = Some(arg(nargs).to_owned());
+        } else {
+            for (k, key) in names.iter().enumerate() {
+                let value = arg(nargs + k);
+                let key = key.cast_into::<pyo3::types::PyString>()?;
+                let key = key.to_str()?;
+                if key == "context" {
+                    context = Some(value.to_owned());
+                } else if let Some(i) = fixed_names.iter().position(|n| *n == key) {
+                    if seen[i] {
+                        return Err(PyTypeError::new_err(format!(
+                            "{name}() got multiple values for argument '{key}'"
+                        )));
+                    }
+                    fixed[i] = value;
+                    seen[i] = true;
+                } else {
                     return Err(PyTypeError::new_err(format!(
-                        "{name}() got multiple values for argument '{key}'"
+                        "{name}() got an unexpected keyword argument '{key}'"
                     )));
                 }
-                fixed[i] = value;
-                seen[i] = true;
-            } else {
-                return Err(PyTypeError::new_err(format!(
-                    "{name}() got an unexpected keyword argument '{key}'"
-                )));
             }
         }
     }
@@ -228,6 +272,75 @@ unsafe extern "C" fn call_at(
     }
 }
 
+unsafe extern "C" fn create_future(
+    slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: METH_NOARGS method of EventLoop, GIL held.
+    unsafe {
+        guard(|py| {
+            let lp = event_loop(py, slf);
+            Ok(EventLoop::create_future_impl(&lp)?.into_ptr())
+        })
+    }
+}
+
+/// `create_task(coro, *, name=None, context=None, **kwargs)`.
+unsafe extern "C" fn create_task(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: as for `call_soon`.
+    unsafe {
+        guard(|py| {
+            let nargs = usize::try_from(nargs).unwrap_or(0);
+            // SAFETY: per vectorcall's contract, as in `parse`.
+            let arg = |i: usize| Borrowed::from_ptr(py, *args.add(i));
+            if nargs > 1 {
+                return Err(PyTypeError::new_err(format!(
+                    "create_task() takes 1 positional argument but {nargs} were given"
+                )));
+            }
+            let mut coro = (nargs == 1).then(|| arg(0));
+            let (mut name, mut context, mut extra) = (None, None, None::<Bound<'_, PyDict>>);
+            if !kwnames.is_null() {
+                let names = Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>();
+                for (k, key) in names.iter().enumerate() {
+                    let value = arg(nargs + k);
+                    let key = key.cast_into::<pyo3::types::PyString>()?;
+                    match key.to_str()? {
+                        "coro" if coro.is_none() => coro = Some(value),
+                        "coro" => {
+                            return Err(PyTypeError::new_err(
+                                "create_task() got multiple values for argument 'coro'",
+                            ))
+                        }
+                        "name" => name = Some(value.to_owned()),
+                        "context" => context = Some(value.to_owned()),
+                        _ => extra
+                            .get_or_insert_with(|| PyDict::new(py))
+                            .set_item(key, value)?,
+                    }
+                }
+            }
+            let coro = coro.ok_or_else(|| {
+                PyTypeError::new_err("create_task() missing 1 required positional argument: 'coro'")
+            })?;
+            let lp = event_loop(py, slf);
+            let task = EventLoop::create_task_impl(
+                &lp,
+                &coro.to_owned(),
+                name.filter(|v| !v.is_none()),
+                context.filter(|v| !v.is_none()),
+                extra,
+            )?;
+            Ok(task.into_ptr())
+        })
+    }
+}
+
 unsafe extern "C" fn get_debug(
     slf: *mut ffi::PyObject,
     _: *mut ffi::PyObject,
@@ -332,6 +445,8 @@ pub(crate) fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
             fast_kw(c"call_soon_threadsafe", c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), but thread-safe.", call_soon_threadsafe),
             fast_kw(c"call_later", c"call_later($self, delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after delay seconds.", call_later),
             fast_kw(c"call_at", c"call_at($self, when, callback, *args, context=None)\n--\n\nLike call_later(), but with an absolute time (loop.time()).", call_at),
+            fast_kw(c"create_task", c"create_task($self, coro, *, name=None, context=None, **kwargs)\n--\n\nSchedule a coroutine object as a Task.", create_task),
+            noargs(c"create_future", c"create_future($self, /)\n--\n\nCreate a Future attached to the loop.", create_future),
             noargs(c"get_debug", c"get_debug($self, /)\n--\n\nWhether the loop runs in debug mode.", get_debug),
             noargs(c"time", c"time($self, /)\n--\n\nThe loop's clock: time.monotonic()'s clock.", time),
         ],

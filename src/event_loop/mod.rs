@@ -8,6 +8,7 @@
 mod api;
 pub(crate) mod fastcall;
 mod ready;
+mod tasks;
 mod tick;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -40,6 +41,12 @@ fn install_fork_hook() {
         // async-signal-safe and valid in a freshly forked child.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
+}
+
+#[cold]
+#[inline(never)]
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
 }
 
 /// Loop-thread state behind one lock.
@@ -114,7 +121,7 @@ impl EventLoop {
     #[inline]
     pub(crate) fn check_usable(&self) -> PyResult<()> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(PyRuntimeError::new_err("Event loop is closed"));
+            return Err(closed_error());
         }
         self.check_not_forked()
     }
@@ -122,14 +129,20 @@ impl EventLoop {
     #[inline]
     pub(crate) fn check_not_forked(&self) -> PyResult<()> {
         if self.fork_generation != FORK_GENERATION.load(Ordering::Relaxed) {
-            return Err(PyRuntimeError::new_err(format!(
-                "this event loop was created in process {} and cannot be used \
-                 after os.fork() in a child process; create a new event loop \
-                 in the child",
-                self.creator_pid
-            )));
+            return Err(self.forked_error());
         }
         Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn forked_error(&self) -> PyErr {
+        PyRuntimeError::new_err(format!(
+            "this event loop was created in process {} and cannot be used \
+             after os.fork() in a child process; create a new event loop \
+             in the child",
+            self.creator_pid
+        ))
     }
 
     /// asyncio's `_check_thread` (debug mode only).

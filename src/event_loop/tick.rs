@@ -3,6 +3,7 @@
 //! due timers to the ready queue, then run exactly the handles that were ready
 //! at that point; what they schedule waits for the next tick.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -116,20 +117,22 @@ impl EventLoop {
         }
     }
 
-    /// Moves due timers to the ready queue.
-    fn schedule_due_timers(&self, py: Python<'_>) {
-        let end_time = clock::monotonic() + CLOCK_RESOLUTION;
+    /// Moves due timers to the ready queue and takes what is ready now: the
+    /// handles this tick runs.
+    fn take_ready(&self, py: Python<'_>) -> VecDeque<Py<Handle>> {
         let mut core = self.core.lock();
-        while let Some(e) = core.timers.pop_due(end_time) {
-            let timer = e.item;
-            timer.get().set_unscheduled();
-            if timer_cancelled(py, &timer) {
-                let _ =
-                    self.timer_cancelled
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if !core.timers.is_empty() {
+            let end_time = clock::monotonic() + CLOCK_RESOLUTION;
+            while let Some(e) = core.timers.pop_due(end_time) {
+                let timer = e.item;
+                timer.get().set_unscheduled();
+                if timer_cancelled(py, &timer) {
+                    self.uncount_cancelled_timer();
+                }
+                core.ready.push(timer.into_bound(py).into_super().unbind());
             }
-            core.ready.push(timer.into_bound(py).into_super().unbind());
         }
+        core.ready.take_batch()
     }
 
     pub(crate) fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -150,9 +153,7 @@ impl EventLoop {
             slf.call_method0(intern!(py, "_read_signal_fd"))?;
         }
 
-        this.schedule_due_timers(py);
-
-        let mut batch = this.core.lock().ready.take_batch();
+        let mut batch = this.take_ready(py);
         while let Some(handle) = batch.pop_front() {
             if handle.get().is_cancelled() {
                 handles::release(py, handle);

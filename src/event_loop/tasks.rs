@@ -1,0 +1,45 @@
+//! `create_future` and `create_task`: asyncio's C Future and Task, bound to
+//! this loop.
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::EventLoop;
+use crate::py;
+
+impl EventLoop {
+    /// asyncio's `create_future()`.
+    pub(crate) fn create_future_impl<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        py::new_future(slf.py(), slf.as_any())
+    }
+
+    /// asyncio's `create_task(coro, *, name=None, context=None)`; a task
+    /// factory or extra keywords (3.14's pass-through) take the Python path.
+    pub(crate) fn create_task_impl<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<Bound<'py, PyAny>>,
+        context: Option<Bound<'py, PyAny>>,
+        kwargs: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_usable()?;
+        let has_factory = this.task_factory.lock().is_some();
+        if has_factory || kwargs.is_some() {
+            return py::call_helper(py, "_create_task_slow", (slf, coro, name, context, kwargs));
+        }
+        let none = py.None().into_bound(py);
+        let task = py::new_task(
+            py,
+            coro,
+            slf.as_any(),
+            name.as_ref().unwrap_or(&none),
+            context.as_ref().unwrap_or(&none),
+        )?;
+        if this.debug_enabled() {
+            py::call_helper(py, "_trim_source_traceback", (&task,))?;
+        }
+        Ok(task)
+    }
+}
