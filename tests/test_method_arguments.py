@@ -34,7 +34,7 @@ def test_context_keyword_from_a_dict_and_a_new_string(loop, run_forever, method)
     ctx = contextvars.copy_context()
     ctx.run(var.set, "in ctx")
     seen = []
-    key = "".join(["con", "text"])  # not the interned constant
+    key = "".join(["con", "text"])  # noqa: FLY002 -- a new str, not the interned constant
     getattr(loop, method)(lambda *a: seen.append((var.get(), a)), 1, 2, **{key: ctx})
     getattr(loop, method)(lambda: seen.append(var.get()), context=None)
     run_soon(loop, run_forever)
