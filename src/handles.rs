@@ -193,7 +193,7 @@ impl TimerHandle {
     pub(crate) fn cancel_timer(slf: &Bound<'_, Self>) -> PyResult<()> {
         let base = slf.as_super();
         if Handle::cancel_once(base)? && slf.get().scheduled.load(Ordering::Relaxed) {
-            base.get().event_loop.get().timer_cancelled();
+            base.get().event_loop.get().timer_was_cancelled(slf.py());
         }
         Ok(())
     }

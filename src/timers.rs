@@ -75,7 +75,6 @@ impl<T> TimerHeap<T> {
         self.heap.len()
     }
 
-    #[allow(dead_code)] // the loop asks for next_deadline(); tests use it
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

@@ -215,6 +215,46 @@ def test_many_cancelled_timers(loop, run_forever):
     assert seen == list(range(0, 500, 5))
 
 
+def test_heap_rebuild_while_cancelling_keeps_live_timers(loop, run_forever):
+    # Cancel most timers in one callback (ferroloop rebuilds the heap inside
+    # cancel(), asyncio at the next tick): the survivors fire, in order, and
+    # cancelled ones stay cancelled and never run.
+    seen = []
+    kept = []
+
+    def churn():
+        for i in range(3000):
+            h = loop.call_later(0.001 + i * 1e-6, seen.append, i)
+            if i % 100 == 0:
+                kept.append(h)
+            else:
+                h.cancel()
+                assert h.cancelled()
+        loop.call_later(0.05, loop.stop)
+
+    loop.call_soon(churn)
+    run_forever()
+    assert seen == list(range(0, 3000, 100))
+    assert all(not h.cancelled() for h in kept)
+
+
+def test_cancelling_in_one_callback_keeps_the_heap_bounded(loop_name, loop, run_forever):
+    if loop_name != "ferroloop":
+        pytest.skip("asyncio rebuilds its heap only at the next tick (len grows to 10^4 here)")
+    sizes = []
+
+    def churn():
+        for _ in range(10_000):
+            loop.call_later(10, print).cancel()
+        sizes.append(loop._scheduled_count())
+        loop.stop()
+
+    loop.call_soon(churn)
+    run_forever()
+    # asyncio's rule: more than half cancelled in a heap over 100 -> rebuild.
+    assert sizes[0] <= 2 * 100
+
+
 def test_cancelled_far_timer_does_not_keep_loop_waiting(loop, run_forever):
     far = loop.call_later(3600, print)
     far.cancel()

@@ -76,9 +76,10 @@ impl ContextOnly {
             return true;
         }
         let is_context = names.len() == 1
-            && names
-                .get_borrowed_item(0)
-                .is_ok_and(|k| k.cast::<pyo3::types::PyString>().is_ok_and(|k| k == "context"));
+            && names.get_borrowed_item(0).is_ok_and(|k| {
+                k.cast::<pyo3::types::PyString>()
+                    .is_ok_and(|k| k == "context")
+            });
         if is_context {
             if let Some(slot) = slots.iter_mut().find(|s| s.is_null()) {
                 // SAFETY: `p` is a live tuple; the reference taken here is

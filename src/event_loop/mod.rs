@@ -156,11 +156,6 @@ impl EventLoop {
         Ok(())
     }
 
-    /// asyncio's `_timer_handle_cancelled` for a scheduled timer.
-    pub(crate) fn timer_cancelled(&self) {
-        self.timer_cancelled.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Clears the queues and releases the poller (asyncio's `close()` core).
     pub(crate) fn close_core(&self) {
         self.closed.store(true, Ordering::Release);
