@@ -91,14 +91,19 @@ impl Handle {
         };
         let ctx = self.context.as_ptr();
         // SAFETY: `ctx`, `func` and `args` are live objects we hold strong
-        // references to for the whole block; PyContext_Enter/Exit are paired
+        // references to for the whole block (`args` is an exact tuple, so
+        // its item array is valid for its size); PyContext_Enter/Exit are paired
         // exactly as Context.run pairs them, and an exception raised by the
         // call stays set across PyContext_Exit (which does not clear it).
         unsafe {
             if ffi::PyContext_Enter(ctx) < 0 {
                 return Err(PyErr::fetch(py));
             }
-            let result = ffi::PyObject_Call(func.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+            // The tuple's items as a vectorcall argument array (what
+            // PyObject_Call would unpack them to).
+            let items = (*args.as_ptr().cast::<ffi::PyTupleObject>()).ob_item.as_ptr();
+            let nargs = ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize;
+            let result = ffi::PyObject_Vectorcall(func.as_ptr(), items, nargs, std::ptr::null_mut());
             let exit_failed = ffi::PyContext_Exit(ctx) < 0;
             if result.is_null() {
                 return Err(PyErr::fetch(py));
