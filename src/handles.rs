@@ -101,9 +101,12 @@ impl Handle {
             }
             // The tuple's items as a vectorcall argument array (what
             // PyObject_Call would unpack them to).
-            let items = (*args.as_ptr().cast::<ffi::PyTupleObject>()).ob_item.as_ptr();
+            let items = (*args.as_ptr().cast::<ffi::PyTupleObject>())
+                .ob_item
+                .as_ptr();
             let nargs = ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize;
-            let result = ffi::PyObject_Vectorcall(func.as_ptr(), items, nargs, std::ptr::null_mut());
+            let result =
+                ffi::PyObject_Vectorcall(func.as_ptr(), items, nargs, std::ptr::null_mut());
             let exit_failed = ffi::PyContext_Exit(ctx) < 0;
             if result.is_null() {
                 return Err(PyErr::fetch(py));

@@ -99,6 +99,9 @@ class Loop(SignalsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
         self._coroutine_origin_tracking_saved_depth = None
         self._current_handle = None
         self._clock_resolution = 1e-9
+        # fd -> transport, as asyncio's selector loop keeps it: add_reader &
+        # co. refuse an fd a live transport owns.
+        self._transports = weakref.WeakValueDictionary()
         # In debug mode, a callback or task step longer than this (seconds)
         # is logged.
         self.slow_callback_duration = 0.1
@@ -439,6 +442,40 @@ class Loop(SignalsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
                         "in custom exception handler",
                         exc_info=True,
                     )
+
+    # -- fd watchers (native: _add_reader & co.) -----------------------------
+
+    def _ensure_fd_no_transport(self, fd):
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                # This code matches selectors._fileobj_to_fd function.
+                raise ValueError(f"Invalid file object: {fd!r}") from None
+        transport = self._transports.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+
+    def add_reader(self, fd, callback, *args):
+        """Start watching the file descriptor for read availability."""
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd):
+        """Stop watching the file descriptor for read availability."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_reader(fd)
+
+    def add_writer(self, fd, callback, *args):
+        """Start watching the file descriptor for write availability."""
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd):
+        """Stop watching the file descriptor for write availability."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_writer(fd)
 
     # -- not yet implemented: networking, pipes, subprocesses ----------------
     # These come with issue #3 and later; until then asyncio.AbstractEventLoop's

@@ -15,6 +15,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use super::EventLoop;
 use crate::errors;
 use crate::handles::Handle;
+use crate::io::fd_watchers::Direction;
 use crate::py;
 
 #[pymethods]
@@ -113,6 +114,38 @@ impl EventLoop {
         let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, None)?)?;
         crate::handles::track(handle.as_any());
         Ok(handle)
+    }
+
+    /// asyncio's `_add_reader`: `add_reader` without the transport check.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader<'py>(
+        slf: &Bound<'py, Self>,
+        fd: &Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        Self::add_watch(slf, fd, Direction::Read, callback, args)
+    }
+
+    /// asyncio's `_add_writer`.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer<'py>(
+        slf: &Bound<'py, Self>,
+        fd: &Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        Self::add_watch(slf, fd, Direction::Write, callback, args)
+    }
+
+    /// asyncio's `_remove_reader`.
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watch(slf, fd, Direction::Read)
+    }
+
+    /// asyncio's `_remove_writer`.
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watch(slf, fd, Direction::Write)
     }
 
     /// asyncio's `_add_callback_signalsafe`: queue an existing handle unless

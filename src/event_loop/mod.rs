@@ -7,10 +7,12 @@
 
 mod api;
 pub(crate) mod fastcall;
+mod fd_watch;
 mod ready;
 mod tasks;
 mod tick;
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
@@ -22,6 +24,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors;
 use crate::handles::{self, Handle, TimerHandle};
+use crate::io::fd_watchers::FdWatchers;
 use crate::io::poller::Poller;
 use crate::ready_queue::ReadyQueue;
 use crate::timers::TimerHeap;
@@ -45,7 +48,7 @@ fn install_fork_hook() {
 
 #[cold]
 #[inline(never)]
-fn closed_error() -> PyErr {
+pub(crate) fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
 }
 
@@ -56,6 +59,8 @@ pub(crate) struct Core {
     pub ready: ReadyQueue<Py<Handle>>,
     /// asyncio's `_scheduled`.
     pub timers: TimerHeap<Py<TimerHandle>>,
+    /// add_reader / add_writer registrations (asyncio's selector keys).
+    pub watchers: FdWatchers<Py<Handle>>,
 }
 
 #[pyclass(frozen, subclass, dict, weakref, module = "ferroloop._ferroloop")]
@@ -63,6 +68,11 @@ pub struct EventLoop {
     pub(crate) core: Mutex<Core>,
     /// `None` once the loop is closed.
     pub(crate) poller: Mutex<Option<Poller>>,
+    /// The poller's epoll fd, for fd watcher registrations (which must not
+    /// wait for the poller's lock; see `io::fd_watchers`). Only used under
+    /// the core lock after checking `closed`, which is set before the
+    /// poller (and so this fd) is dropped.
+    pub(crate) epoll_fd: RawFd,
     pub(crate) waker: Arc<Waker>,
     /// The loop is (about to be) blocked in poll: wake it on new work.
     pub(crate) sleeping: AtomicBool,
@@ -85,9 +95,11 @@ impl EventLoop {
         install_fork_hook();
         let poller = Poller::new().map_err(errors::os_error)?;
         let waker = poller.waker();
+        let epoll_fd = poller.epoll_fd();
         Ok(Self {
             core: Mutex::new(Core::default()),
             poller: Mutex::new(Some(poller)),
+            epoll_fd,
             waker,
             sleeping: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -158,10 +170,18 @@ impl EventLoop {
 
     /// Clears the queues and releases the poller (asyncio's `close()` core).
     pub(crate) fn close_core(&self) {
+        // NOTE: set before taking the core lock, and the poller (owner of
+        // `epoll_fd`) is dropped only after that lock was taken once: a fd
+        // watcher registration, which checks `closed` under the lock, never
+        // uses a closed epoll fd.
         self.closed.store(true, Ordering::Release);
-        let (ready, timers) = {
+        let (ready, timers, watchers) = {
             let mut core = self.core.lock();
-            (core.ready.drain(), core.timers.drain())
+            (
+                core.ready.drain(),
+                core.timers.drain(),
+                core.watchers.drain(),
+            )
         };
         for t in &timers {
             t.get().set_unscheduled();
@@ -173,6 +193,7 @@ impl EventLoop {
         Python::attach(|py| {
             ready.into_iter().for_each(|h| handles::release(py, h));
             timers.into_iter().for_each(|h| handles::release(py, h));
+            watchers.into_iter().for_each(|h| handles::release(py, h));
         });
     }
 
@@ -188,6 +209,13 @@ impl EventLoop {
                 }
             });
             err?;
+            let mut err = Ok(());
+            core.watchers.for_each(|h| {
+                if err.is_ok() {
+                    err = visit.call(h);
+                }
+            });
+            err?;
         }
         if let Some(f) = self.task_factory.try_lock() {
             visit.call(&*f)?;
@@ -196,14 +224,19 @@ impl EventLoop {
     }
 
     fn clear(&self) {
-        let (ready, timers) = {
+        let (ready, timers, watchers) = {
             let mut core = self.core.lock();
-            (core.ready.drain(), core.timers.drain())
+            (
+                core.ready.drain(),
+                core.timers.drain(),
+                core.watchers.drain(),
+            )
         };
         let factory = self.task_factory.lock().take();
         Python::attach(|py| {
             ready.into_iter().for_each(|h| handles::release(py, h));
             timers.into_iter().for_each(|h| handles::release(py, h));
+            watchers.into_iter().for_each(|h| handles::release(py, h));
         });
         drop(factory);
     }

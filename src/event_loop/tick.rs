@@ -183,6 +183,10 @@ impl EventLoop {
             slf.call_method0(intern!(py, "_read_signal_fd"))?;
         }
 
+        if !outcome.io.is_empty() {
+            this.process_io_events(py, &outcome.io);
+        }
+
         let mut batch = this.take_ready(py);
         while let Some(handle) = batch.pop_front() {
             if handle.get().is_cancelled() {

@@ -1,2 +1,3 @@
-//! Readiness: the mio poller and, in later issues, fd watchers.
+//! Readiness: the mio poller and the user fd watchers.
+pub mod fd_watchers;
 pub mod poller;

@@ -8,7 +8,7 @@
 //! without a timeout; the timerfd's readiness wakes it on time.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::clock;
+use crate::io::fd_watchers;
 
 pub const WAKER_TOKEN: Token = Token(0);
 pub const TIMER_TOKEN: Token = Token(1);
@@ -45,6 +46,8 @@ pub struct PollOutcome {
     pub interrupted: bool,
     /// The signal wakeup fd is readable: signal numbers are waiting.
     pub signal_ready: bool,
+    /// User fds that are ready: `(fd, read, write)` in selectors' terms.
+    pub io: Vec<(RawFd, bool, bool)>,
 }
 
 impl Poller {
@@ -77,6 +80,11 @@ impl Poller {
             armed: f64::NAN,
             signal_fd: None,
         })
+    }
+
+    /// The epoll instance's fd (for fd watchers; see `fd_watchers`).
+    pub fn epoll_fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
     }
 
     pub fn waker(&self) -> Arc<Waker> {
@@ -158,7 +166,17 @@ impl Poller {
                 // The expiry is consumed by re-arming; note it is disarmed.
                 TIMER_TOKEN => self.armed = f64::NAN,
                 SIGNAL_TOKEN => outcome.signal_ready = true,
-                _ => {}
+                Token(t) => {
+                    if let Some(fd) = fd_watchers::token_fd(t) {
+                        // selectors' mapping: anything but EPOLLIN counts
+                        // as writable, anything but EPOLLOUT as readable
+                        // (EPOLLHUP / EPOLLERR wake both directions).
+                        let other = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
+                        let read = ev.is_readable() || ev.is_priority() || other;
+                        let write = ev.is_writable() || ev.is_priority() || other;
+                        outcome.io.push((fd, read, write));
+                    }
+                }
             }
         }
         Ok(outcome)

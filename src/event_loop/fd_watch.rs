@@ -1,0 +1,150 @@
+//! The loop's side of `add_reader` / `add_writer` / `remove_*` (asyncio's
+//! `_add_reader` & co. of the selector loop): handles, cancellation of
+//! replaced callbacks, and queuing callbacks when their fd is ready.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+
+use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyInt, PyTuple};
+
+use super::EventLoop;
+use crate::errors;
+use crate::handles::{self, Handle};
+use crate::io::fd_watchers::{Direction, Ready};
+
+/// selectors' `_fileobj_to_fd`: an int, or an object whose `fileno()` is one.
+pub(crate) fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let py = obj.py();
+    let fd: i64 = if obj.is_instance_of::<PyInt>() {
+        obj.extract()?
+    } else {
+        // `int(fileobj.fileno())`; its AttributeError, TypeError or
+        // ValueError become selectors' ValueError.
+        match obj
+            .call_method0(intern!(py, "fileno"))
+            .and_then(|f| py.get_type::<PyInt>().call1((f,)))
+        {
+            Ok(fd) => fd.extract()?,
+            Err(e)
+                if e.is_instance_of::<PyAttributeError>(py)
+                    || e.is_instance_of::<PyTypeError>(py)
+                    || e.is_instance_of::<PyValueError>(py) =>
+            {
+                return Err(PyValueError::new_err(format!(
+                    "Invalid file object: {}",
+                    obj.repr()?
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    RawFd::try_from(fd)
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+impl EventLoop {
+    /// asyncio's `_add_reader` / `_add_writer`: registers `callback(*args)`
+    /// for `fileobj` and returns its handle; a callback it replaces is
+    /// cancelled.
+    pub(crate) fn add_watch<'py>(
+        slf: &Bound<'py, Self>,
+        fileobj: &Bound<'py, PyAny>,
+        dir: Direction,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_usable()?;
+        let fd = fileobj_to_fd(fileobj)?;
+        let handle = Bound::new(py, Self::make_handle(slf, callback, args, None)?)?;
+        // Long-lived and shared with the caller: the GC must see it.
+        handles::track(handle.as_any());
+        let (old, newly) = {
+            let mut core = this.core.lock();
+            if this.closed_flag() {
+                return Err(super::closed_error());
+            }
+            core.watchers
+                .add(this.epoll_fd, fd, dir, handle.clone().unbind())
+                .map_err(errors::os_error)?
+        };
+        if newly {
+            this.io_sources.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(old) = old {
+            Handle::cancel_once(old.bind(py))?;
+        }
+        Ok(handle)
+    }
+
+    /// asyncio's `_remove_reader` / `_remove_writer`: whether a callback was
+    /// registered (it is cancelled).
+    pub(crate) fn remove_watch(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        dir: Direction,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.closed_flag() {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fileobj)?;
+        let (old, gone) = {
+            let mut core = this.core.lock();
+            if this.closed_flag() {
+                return Ok(false);
+            }
+            core.watchers
+                .remove(this.epoll_fd, fd, dir)
+                .map_err(errors::os_error)?
+        };
+        if gone {
+            this.io_sources.fetch_sub(1, Ordering::Relaxed);
+        }
+        match old {
+            Some(old) => {
+                Handle::cancel_once(old.bind(py))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// asyncio's `_process_events`: queue the callbacks of ready fds
+    /// (`(fd, read, write)` in selectors' terms).
+    pub(crate) fn process_io_events(&self, py: Python<'_>, events: &[(RawFd, bool, bool)]) {
+        let mut out = Ready::default();
+        let unregistered = {
+            let mut core = self.core.lock();
+            let core = &mut *core;
+            let mut n = 0;
+            for &event in events {
+                n += core.watchers.on_ready(
+                    self.epoll_fd,
+                    event,
+                    |h| h.get().is_cancelled(),
+                    |h| h.clone_ref(py),
+                    &mut out,
+                );
+            }
+            for h in out.run.drain(..) {
+                core.ready.push(h);
+            }
+            n
+        };
+        if unregistered > 0 {
+            self.io_sources.fetch_sub(unregistered, Ordering::Relaxed);
+        }
+        // Released after the lock: freeing a handle may run Python code.
+        for h in out.dropped {
+            handles::release(py, h);
+        }
+    }
+}

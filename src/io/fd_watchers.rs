@@ -1,0 +1,415 @@
+//! `add_reader` / `add_writer` / `remove_*`: user callbacks on file
+//! descriptor readiness. Pure Rust over a raw epoll fd, generic over the
+//! callback handle so it is unit tested without Python.
+//!
+//! NOTE: asyncio's selector loop is level-triggered: a reader that does not
+//! drain its fd is called again on the next tick. mio registers everything
+//! edge-triggered, so user fds are registered here with `epoll_ctl` directly,
+//! without `EPOLLET`, on mio's own epoll instance; mio's `Events` reports them
+//! with their token like any other. Tokens `USER_TOKEN_BASE + fd` never
+//! collide with mio's reserved tokens (waker, timerfd, signal fd).
+//!
+//! NOTE: registration only needs the epoll fd, not the poller's lock (which
+//! the loop holds while blocked in `epoll_wait`), so another thread calling
+//! `add_reader` never waits for the loop to wake up. The caller serialises
+//! registrations with the loop's core lock and checks the loop is not closed
+//! (which closes the epoll fd) under that same lock.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
+
+/// Tokens at and above this value are user fds (`token - USER_TOKEN_BASE`).
+pub const USER_TOKEN_BASE: usize = 1 << 32;
+
+/// The fd a user-fd token stands for, if it is one.
+pub fn token_fd(token: usize) -> Option<RawFd> {
+    token
+        .checked_sub(USER_TOKEN_BASE)
+        .and_then(|fd| RawFd::try_from(fd).ok())
+}
+
+/// What readiness asks of the loop for one fd (asyncio's `_process_events`).
+pub struct Ready<T> {
+    /// Reader / writer callbacks to queue.
+    pub run: Vec<T>,
+    /// Cancelled callbacks that were unregistered instead (released by the
+    /// caller outside its lock).
+    pub dropped: Vec<T>,
+}
+
+impl<T> Default for Ready<T> {
+    fn default() -> Self {
+        Self {
+            run: Vec::new(),
+            dropped: Vec::new(),
+        }
+    }
+}
+
+struct Watch<T> {
+    reader: Option<T>,
+    writer: Option<T>,
+}
+
+impl<T> Watch<T> {
+    fn epoll_events(&self) -> u32 {
+        let mut ev = 0;
+        if self.reader.is_some() {
+            ev |= libc::EPOLLIN as u32;
+        }
+        if self.writer.is_some() {
+            ev |= libc::EPOLLOUT as u32;
+        }
+        ev
+    }
+}
+
+/// Which direction a call is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Read,
+    Write,
+}
+
+pub struct FdWatchers<T> {
+    watches: HashMap<RawFd, Watch<T>>,
+}
+
+impl<T> Default for FdWatchers<T> {
+    fn default() -> Self {
+        Self {
+            watches: HashMap::new(),
+        }
+    }
+}
+
+fn epoll_ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events,
+        u64: (USER_TOKEN_BASE + fd as usize) as u64,
+    };
+    // SAFETY: plain syscall on fds the caller vouches for; `ev` is a valid
+    // epoll_event for the duration of the call.
+    if unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl<T> FdWatchers<T> {
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.watches.is_empty()
+    }
+
+    /// Whether `fd` has a callback in `dir`.
+    #[cfg(test)]
+    pub fn has(&self, fd: RawFd, dir: Direction) -> bool {
+        self.watches.get(&fd).is_some_and(|w| match dir {
+            Direction::Read => w.reader.is_some(),
+            Direction::Write => w.writer.is_some(),
+        })
+    }
+
+    /// Sets the callback for `fd` in `dir`. Returns the callback it replaced
+    /// (the caller cancels it, as asyncio does) and whether `fd` is newly
+    /// registered. On error nothing changes but `handle` is dropped (the
+    /// caller keeps its own reference, so no Python code runs here).
+    pub fn add(
+        &mut self,
+        epfd: RawFd,
+        fd: RawFd,
+        dir: Direction,
+        handle: T,
+    ) -> io::Result<(Option<T>, bool)> {
+        match self.watches.get_mut(&fd) {
+            None => {
+                let mut w = Watch {
+                    reader: None,
+                    writer: None,
+                };
+                match dir {
+                    Direction::Read => w.reader = Some(handle),
+                    Direction::Write => w.writer = Some(handle),
+                }
+                epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, w.epoll_events())?;
+                self.watches.insert(fd, w);
+                Ok((None, true))
+            }
+            Some(w) => {
+                let had_dir = match dir {
+                    Direction::Read => w.reader.is_some(),
+                    Direction::Write => w.writer.is_some(),
+                };
+                if !had_dir {
+                    let wanted = w.epoll_events()
+                        | match dir {
+                            Direction::Read => libc::EPOLLIN as u32,
+                            Direction::Write => libc::EPOLLOUT as u32,
+                        };
+                    modify(epfd, fd, wanted)?;
+                }
+                let slot = match dir {
+                    Direction::Read => &mut w.reader,
+                    Direction::Write => &mut w.writer,
+                };
+                Ok((slot.replace(handle), false))
+            }
+        }
+    }
+
+    /// Removes the callback for `fd` in `dir`. Returns it (the caller cancels
+    /// it) and whether `fd` is no longer registered at all.
+    pub fn remove(
+        &mut self,
+        epfd: RawFd,
+        fd: RawFd,
+        dir: Direction,
+    ) -> io::Result<(Option<T>, bool)> {
+        let Some(w) = self.watches.get_mut(&fd) else {
+            return Ok((None, false));
+        };
+        let had = match dir {
+            Direction::Read => w.reader.is_some(),
+            Direction::Write => w.writer.is_some(),
+        };
+        if !had {
+            return Ok((None, false));
+        }
+        let keep = match dir {
+            Direction::Read => w.writer.is_some(),
+            Direction::Write => w.reader.is_some(),
+        };
+        if keep {
+            let left = match dir {
+                Direction::Read => libc::EPOLLOUT as u32,
+                Direction::Write => libc::EPOLLIN as u32,
+            };
+            modify(epfd, fd, left)?;
+            let old = match dir {
+                Direction::Read => w.reader.take(),
+                Direction::Write => w.writer.take(),
+            };
+            return Ok((old, false));
+        }
+        // NOTE: as selectors' unregister, a failing EPOLL_CTL_DEL (the fd
+        // was closed meanwhile, which already removed it from the epoll
+        // set) is ignored.
+        let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
+        let w = self.watches.remove(&fd);
+        let old = w.and_then(|w| match dir {
+            Direction::Read => w.reader,
+            Direction::Write => w.writer,
+        });
+        Ok((old, true))
+    }
+
+    /// asyncio's `_process_events` for one fd: queue the reader and/or the
+    /// writer, except cancelled ones, which are unregistered instead.
+    /// `event` is `(fd, read, write)`, with selectors' EVENT_READ and
+    /// EVENT_WRITE. Returns the number of fds that stopped being registered.
+    pub fn on_ready(
+        &mut self,
+        epfd: RawFd,
+        event: (RawFd, bool, bool),
+        is_cancelled: impl Fn(&T) -> bool,
+        clone: impl Fn(&T) -> T,
+        out: &mut Ready<T>,
+    ) -> usize {
+        let (fd, read, write) = event;
+        let mut unregistered = 0;
+        for (dir, wanted) in [(Direction::Read, read), (Direction::Write, write)] {
+            if !wanted {
+                continue;
+            }
+            let Some(w) = self.watches.get(&fd) else {
+                break;
+            };
+            let slot = match dir {
+                Direction::Read => &w.reader,
+                Direction::Write => &w.writer,
+            };
+            let Some(h) = slot else {
+                continue;
+            };
+            if !is_cancelled(h) {
+                out.run.push(clone(h));
+                continue;
+            }
+            // A failed unregistration leaves the cancelled callback in place;
+            // the next event tries again (asyncio would raise from here).
+            if let Ok((old, gone)) = self.remove(epfd, fd, dir) {
+                out.dropped.extend(old);
+                unregistered += usize::from(gone);
+            }
+        }
+        unregistered
+    }
+
+    /// Every registered callback, leaving nothing registered (loop close:
+    /// the epoll fd goes away with them).
+    pub fn drain(&mut self) -> Vec<T> {
+        let mut all = Vec::new();
+        for (_, w) in self.watches.drain() {
+            all.extend(w.reader);
+            all.extend(w.writer);
+        }
+        all
+    }
+
+    /// Visits every registered callback (GC traversal).
+    pub fn for_each(&self, mut f: impl FnMut(&T)) {
+        for w in self.watches.values() {
+            if let Some(r) = &w.reader {
+                f(r);
+            }
+            if let Some(wr) = &w.writer {
+                f(wr);
+            }
+        }
+    }
+}
+
+/// EPOLL_CTL_MOD, falling back to EPOLL_CTL_ADD when the fd left the epoll
+/// set because it was closed and its number reused.
+fn modify(epfd: RawFd, fd: RawFd, events: u32) -> io::Result<()> {
+    match epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events)
+        }
+        r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    fn epoll() -> OwnedFd {
+        // SAFETY: plain syscall; the fd is checked and then owned.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(fd >= 0);
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two fds pipe2 writes.
+        assert_eq!(
+            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) },
+            0
+        );
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    /// (fd, events) reported by a zero-timeout epoll_wait.
+    fn wait(epfd: &OwnedFd) -> Vec<(RawFd, u32)> {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 8];
+        // SAFETY: `evs` has room for 8 events.
+        let n = unsafe { libc::epoll_wait(epfd.as_raw_fd(), evs.as_mut_ptr(), 8, 0) };
+        assert!(n >= 0);
+        evs[..n as usize]
+            .iter()
+            .map(|e| (token_fd(e.u64 as usize).unwrap(), e.events))
+            .collect()
+    }
+
+    #[test]
+    fn level_triggered_until_drained() {
+        let ep = epoll();
+        let (r, w) = pipe();
+        let mut fw = FdWatchers::default();
+        let (old, new) = fw
+            .add(ep.as_raw_fd(), r.as_raw_fd(), Direction::Read, "reader")
+            .unwrap();
+        assert!(old.is_none() && new);
+        assert!(wait(&ep).is_empty());
+        assert_eq!(
+            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
+        // Not drained: reported again and again (edge-triggered would not).
+        assert_eq!(wait(&ep).len(), 1);
+        assert_eq!(wait(&ep).len(), 1);
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), 4) },
+            1
+        );
+        assert!(wait(&ep).is_empty());
+    }
+
+    #[test]
+    fn replace_both_directions_and_remove() {
+        let ep = epoll();
+        let (_r, w) = pipe();
+        let e = ep.as_raw_fd();
+        let fd = w.as_raw_fd();
+        let mut fw = FdWatchers::default();
+        assert_eq!(fw.add(e, fd, Direction::Write, 1).unwrap(), (None, true));
+        assert_eq!(
+            fw.add(e, fd, Direction::Write, 2).unwrap(),
+            (Some(1), false)
+        );
+        assert_eq!(fw.add(e, fd, Direction::Read, 3).unwrap(), (None, false));
+        assert!(fw.has(fd, Direction::Read) && fw.has(fd, Direction::Write));
+        assert_eq!(wait(&ep).len(), 1); // writable
+        assert_eq!(
+            fw.remove(e, fd, Direction::Write).unwrap(),
+            (Some(2), false)
+        );
+        assert!(wait(&ep).is_empty()); // only EPOLLIN left, nothing to read
+        assert_eq!(fw.remove(e, fd, Direction::Write).unwrap(), (None, false));
+        assert_eq!(fw.remove(e, fd, Direction::Read).unwrap(), (Some(3), true));
+        assert!(fw.is_empty());
+        assert_eq!(fw.remove(e, fd, Direction::Read).unwrap(), (None, false));
+    }
+
+    #[test]
+    fn on_ready_queues_live_and_unregisters_cancelled() {
+        let ep = epoll();
+        let (_r, w) = pipe();
+        let e = ep.as_raw_fd();
+        let fd = w.as_raw_fd();
+        let mut fw = FdWatchers::default();
+        fw.add(e, fd, Direction::Write, -1).unwrap(); // negative: "cancelled"
+        fw.add(e, fd, Direction::Read, 7).unwrap();
+        let mut out = Ready::default();
+        let gone = fw.on_ready(e, (fd, true, true), |h| *h < 0, |h| *h, &mut out);
+        assert_eq!(out.run, vec![7]);
+        assert_eq!(out.dropped, vec![-1]);
+        assert_eq!(gone, 0);
+        assert!(!fw.has(fd, Direction::Write));
+        let mut out = Ready::default();
+        fw.add(e, fd, Direction::Read, -2).unwrap();
+        assert_eq!(
+            fw.on_ready(e, (fd, true, false), |h| *h < 0, |h| *h, &mut out),
+            1
+        );
+        assert_eq!(out.dropped, vec![-2]);
+        assert!(fw.is_empty());
+    }
+
+    #[test]
+    fn closed_fd_is_forgotten_and_bad_fd_refused() {
+        let ep = epoll();
+        let e = ep.as_raw_fd();
+        let (r, _w) = pipe();
+        let fd = r.as_raw_fd();
+        let mut fw = FdWatchers::default();
+        fw.add(e, fd, Direction::Read, 1).unwrap();
+        drop(r); // closing removes it from the epoll set behind our back
+        assert_eq!(fw.remove(e, fd, Direction::Read).unwrap(), (Some(1), true));
+        let err = fw.add(e, 1 << 20, Direction::Read, 2).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        assert!(fw.is_empty());
+    }
+
+    #[test]
+    fn token_mapping() {
+        assert_eq!(token_fd(USER_TOKEN_BASE + 5), Some(5));
+        assert_eq!(token_fd(2), None);
+    }
+}
