@@ -269,7 +269,7 @@ def test_closed_loop(new_loop, pair):
 
 
 def test_fd_used_by_transport_is_refused(loop, run, pair):
-    a, b = pair
+    a, _ = pair
 
     async def main():
         # asyncio's selector loop keeps fd -> transport in _transports (a
