@@ -21,6 +21,7 @@ from asyncio import coroutines, events, format_helpers, futures, tasks
 
 from . import _ferroloop
 from ._signals import SignalsMixin
+from ._sockets import SocketsMixin
 
 __all__ = ("Loop",)
 
@@ -85,7 +86,7 @@ def _shutdown_at_exit(ref):
         executor.shutdown(wait=True)
 
 
-class Loop(SignalsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
+class Loop(SignalsMixin, SocketsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core is written in Rust."""
 
     def __init__(self):

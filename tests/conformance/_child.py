@@ -153,6 +153,37 @@ def adapt_test_pep492(module, loop_factory):
     base.setUp = setUp
 
 
+def adapt_loop_mixin(mixin_name):
+    """Modules whose tests are a mixin plus one TestCase per selector.
+
+    test_sock_lowlevel (``BaseSockTestsMixin``) and the like define
+    ``KqueueEventLoopTests``, ``EPollEventLoopTests``, ``PollEventLoopTests``
+    and ``SelectEventLoopTests``, each overriding ``create_event_loop()`` with
+    one selector loop. Those classes are replaced by one ``LoopTests`` whose
+    ``create_event_loop()`` returns a loop from the factory (asyncio's own
+    loop for the baseline), so every mixin test runs once per loop under
+    test, under the same id on both sides.
+    """
+
+    def adapt(module, loop_factory):
+        from test.test_asyncio import utils as test_utils
+
+        mixin = getattr(module, mixin_name)
+        for name, obj in list(vars(module).items()):
+            if isinstance(obj, type) and issubclass(obj, mixin) and obj is not mixin:
+                delattr(module, name)
+
+        class LoopTests(mixin, test_utils.TestCase):
+            def create_event_loop(self):
+                return loop_factory()
+
+        LoopTests.__module__ = module.__name__
+        LoopTests.__qualname__ = "LoopTests"
+        module.LoopTests = LoopTests
+
+    return adapt
+
+
 # Per-module adapters, applied right after the import on every loop (the
 # asyncio baseline included, so both columns run the same adapted tests).
 # Each gets the module and a loop factory: a counting policy instance's
@@ -163,6 +194,7 @@ def adapt_test_pep492(module, loop_factory):
 ADAPTERS = {
     "test_runners": adapt_test_runners,
     "test_pep492": adapt_test_pep492,
+    "test_sock_lowlevel": adapt_loop_mixin("BaseSockTestsMixin"),
 }
 
 

@@ -47,6 +47,7 @@ MODULES = [
     "test_context",
     "test_futures2",
     "test_threads",
+    "test_sock_lowlevel",
 ]
 
 CATEGORY = {  # child outcome -> reported category
