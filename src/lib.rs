@@ -10,6 +10,7 @@ mod io;
 mod py;
 mod ready_queue;
 mod timers;
+mod transports;
 
 use pyo3::prelude::*;
 
@@ -19,6 +20,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<executor::ThreadPool>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<transports::stream::StreamTransport>()?;
     freelist::install::<handles::Handle>(m.py());
     freelist::install::<handles::TimerHandle>(m.py());
     event_loop::fastcall::install(m)?;

@@ -20,6 +20,7 @@ import weakref
 from asyncio import coroutines, events, format_helpers, futures, tasks
 
 from . import _ferroloop
+from ._network import NetworkMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketsMixin
 
@@ -86,7 +87,9 @@ def _shutdown_at_exit(ref):
         executor.shutdown(wait=True)
 
 
-class Loop(SignalsMixin, SocketsMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
+class Loop(
+    SignalsMixin, SocketsMixin, NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop
+):
     """An asyncio event loop whose core is written in Rust."""
 
     def __init__(self):
@@ -103,6 +106,8 @@ class Loop(SignalsMixin, SocketsMixin, _ferroloop.EventLoop, asyncio.AbstractEve
         # fd -> transport, as asyncio's selector loop keeps it: add_reader &
         # co. refuse an fd a live transport owns.
         self._transports = weakref.WeakValueDictionary()
+        # Unix server socket -> inode, for cleanup_socket (3.13+).
+        self._unix_server_sockets = {}
         # In debug mode, a callback or task step longer than this (seconds)
         # is logged.
         self.slow_callback_duration = 0.1

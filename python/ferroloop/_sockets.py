@@ -203,7 +203,7 @@ class SocketsMixin:
         _check_sock(self, sock)
         if sock.family == socket.AF_INET or (_HAS_IPV6 and sock.family == socket.AF_INET6):
             resolved = await self._ensure_resolved(
-                address, family=sock.family, type=sock.type, proto=sock.proto
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
             )
             address = resolved[0][4]
         fut = self.create_future()
@@ -431,20 +431,6 @@ class SocketsMixin:
     async def getnameinfo(self, sockaddr, flags=0):
         """``socket.getnameinfo`` in the default executor."""
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
-
-    async def _ensure_resolved(
-        self, address, *, family=0, type=socket.SOCK_STREAM, proto=0, flags=0, loop=None
-    ):
-        """asyncio's ``_ensure_resolved``: getaddrinfo for ``address[:2]``,
-        keeping an IPv6 literal's flowinfo and scope id."""
-        host, port = address[:2]
-        if len(address) > 2 and _is_numeric_host(host) and _is_numeric_port(port):
-            # (host, port, flowinfo, scope_id): getaddrinfo would drop them.
-            info = socket.getaddrinfo(host, port, family, type, proto, flags)
-            return [(*ai[:4], (ai[4][0], ai[4][1], *address[2:])) for ai in info]
-        return await self.getaddrinfo(
-            host, port, family=family, type=type, proto=proto, flags=flags
-        )
 
 
 class _SendfileState:

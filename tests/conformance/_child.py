@@ -153,33 +153,33 @@ def adapt_test_pep492(module, loop_factory):
     base.setUp = setUp
 
 
-def adapt_loop_mixin(mixin_name):
+def adapt_loop_mixin(base_name, hook="create_event_loop"):
     """Modules whose tests are a mixin plus one TestCase per selector.
 
-    test_sock_lowlevel (``BaseSockTestsMixin``) and the like define
-    ``KqueueEventLoopTests``, ``EPollEventLoopTests``, ``PollEventLoopTests``
-    and ``SelectEventLoopTests``, each overriding ``create_event_loop()`` with
-    one selector loop. Those classes are replaced by one ``LoopTests`` whose
-    ``create_event_loop()`` returns a loop from the factory (asyncio's own
-    loop for the baseline), so every mixin test runs once per loop under
-    test, under the same id on both sides.
+    test_sock_lowlevel (``BaseSockTestsMixin``), test_events
+    (``UnixEventLoopTestsMixin``), test_sendfile (``SendfileTestsBase``) and
+    the like define ``KqueueEventLoopTests``, ``EPollEventLoopTests``,
+    ``PollEventLoopTests`` and ``SelectEventLoopTests``, each overriding the
+    loop hook (``create_event_loop()``, or ``new_loop()`` for the functional
+    tests of test_server and test_buffered_proto, whose base is the selector
+    TestCase itself) with one selector loop. Those classes are replaced by
+    one ``LoopTests`` whose hook returns a loop from the factory (asyncio's
+    own loop for the baseline), so every test runs once per loop under test,
+    under the same id on both sides.
     """
 
     def adapt(module, loop_factory):
         from test.test_asyncio import utils as test_utils
 
-        mixin = getattr(module, mixin_name)
+        base = getattr(module, base_name)
         for name, obj in list(vars(module).items()):
-            if isinstance(obj, type) and issubclass(obj, mixin) and obj is not mixin:
+            is_variant = isinstance(obj, type) and issubclass(obj, base)
+            if is_variant and (obj is not base or issubclass(obj, unittest.TestCase)):
                 delattr(module, name)
-
-        class LoopTests(mixin, test_utils.TestCase):
-            def create_event_loop(self):
-                return loop_factory()
-
-        LoopTests.__module__ = module.__name__
-        LoopTests.__qualname__ = "LoopTests"
-        module.LoopTests = LoopTests
+        bases = (base,) if issubclass(base, unittest.TestCase) else (base, test_utils.TestCase)
+        loop_tests = type("LoopTests", bases, {hook: lambda self: loop_factory()})
+        loop_tests.__module__ = module.__name__
+        module.LoopTests = loop_tests
 
     return adapt
 
@@ -195,6 +195,10 @@ ADAPTERS = {
     "test_runners": adapt_test_runners,
     "test_pep492": adapt_test_pep492,
     "test_sock_lowlevel": adapt_loop_mixin("BaseSockTestsMixin"),
+    "test_events": adapt_loop_mixin("UnixEventLoopTestsMixin"),
+    "test_sendfile": adapt_loop_mixin("SendfileTestsBase"),
+    "test_server": adapt_loop_mixin("SelectorStartServerTests", hook="new_loop"),
+    "test_buffered_proto": adapt_loop_mixin("BufferedProtocolSelectorTests", hook="new_loop"),
 }
 
 

@@ -48,6 +48,11 @@ MODULES = [
     "test_futures2",
     "test_threads",
     "test_sock_lowlevel",
+    "test_events",
+    "test_streams",
+    "test_sendfile",
+    "test_server",
+    "test_buffered_proto",
 ]
 
 CATEGORY = {  # child outcome -> reported category

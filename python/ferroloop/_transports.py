@@ -1,0 +1,195 @@
+"""The transports protocols see: Python faces over native cores.
+
+``SocketTransport`` is what ``create_connection``, servers and
+``connect_accepted_socket`` hand to protocols: an ``asyncio.Transport``
+subclass whose I/O (reads, the write buffer, flow control, close) is
+``_ferroloop.StreamTransport``. The hot methods are bound straight to the
+core in the instance dict, so ``transport.write(data)`` is one native call;
+what is policy (error reporting, EOF handling, reprs) is here.
+"""
+
+import socket
+import sys
+import warnings
+from asyncio import constants, futures, selector_events, transports, trsock
+from asyncio.log import logger
+
+from . import _ferroloop
+
+_PY313 = sys.version_info >= (3, 13)
+
+# Methods served by the native core directly.
+_CORE_METHODS = (
+    "write",
+    "writelines",
+    "write_eof",
+    "can_write_eof",
+    "get_write_buffer_size",
+    "get_write_buffer_limits",
+    "is_closing",
+    "is_reading",
+    "close",
+    "abort",
+    "get_protocol",
+    "set_protocol",
+    "_force_close",
+    "_call_connection_lost",
+    "_make_empty_waiter",
+    "_reset_empty_waiter",
+)
+
+
+def _set_nodelay(sock):
+    """TCP_NODELAY on TCP sockets, as asyncio sets it."""
+    if (
+        hasattr(socket, "TCP_NODELAY")
+        and sock.family in (socket.AF_INET, socket.AF_INET6)
+        and sock.type == socket.SOCK_STREAM
+        and sock.proto == socket.IPPROTO_TCP
+    ):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class DatagramTransport(selector_events._SelectorDatagramTransport):
+    """A UDP or Unix datagram transport: asyncio's selector datagram
+    transport (its sendto buffering, error_received and flow control) on the
+    loop's native fd watchers."""
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        info.append(f"bufsize={self.get_write_buffer_size()}")
+        return "<{}>".format(" ".join(info))
+
+
+def _core_property(name, doc):
+    return property(lambda self: getattr(self._core, name), doc=doc)
+
+
+class SocketTransport(transports._FlowControlMixin):
+    """A TCP or Unix stream socket transport.
+
+    NOTE: a ``_FlowControlMixin`` like asyncio's socket transports (loop.sendfile's
+    fallback checks it), but its flow control is the native core's: the mixin's
+    ``__init__`` is skipped and its state lives in the core.
+    """
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    # Read by __del__ even if __init__ failed early.
+    _sock = None
+    _core = None
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._loop = loop
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._server = server
+        core = _ferroloop.StreamTransport(loop, self, sock, protocol, server)
+        self._core = core
+        for name in _CORE_METHODS:
+            setattr(self, name, getattr(core, name))
+        if server is not None:
+            if _PY313:
+                server._attach(self)
+            else:
+                server._attach()
+        loop._transports[self._sock_fd] = self
+        _set_nodelay(sock)
+        loop.call_soon(protocol.connection_made, self)
+        # Only start reading once connection_made() has run.
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            # Only wake the waiter once connection_made() has run.
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    _protocol = _core_property("_protocol", "The protocol (None once the connection is lost).")
+    _protocol_paused = _core_property("_protocol_paused", "The protocol was told to pause writing.")
+    _closing = _core_property("_closing", "close() was called.")
+    _conn_lost = _core_property(
+        "_conn_lost", "connection_lost is scheduled (count of writes after)."
+    )
+    _paused = _core_property("_paused", "pause_reading() was called.")
+    _eof = _core_property("_eof", "write_eof() was called.")
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._core.is_closing():
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._sock is not None and not self._loop.is_closed():
+            info.append("read=polling" if self._core._reading_registered else "read=idle")
+            state = "polling" if self._core._writing_registered else "idle"
+            info.append(f"write=<{state}, bufsize={self._core.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+
+    def pause_reading(self):
+        if self._core._pause_reading() and self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._core._resume_reading() and self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._core._set_limits(high, low)
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=exc)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._core._protocol,
+                }
+            )
+        self._core._force_close(exc)
+
+    def _read_ready__on_eof(self):
+        if self._loop.get_debug():
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._core._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if keep_open:
+            # The protocol may still write, but nothing more can be read.
+            self._core._stop_reading()
+        else:
+            self._core.close()

@@ -1,0 +1,2 @@
+//! Transports: the native cores of asyncio's transports.
+pub mod stream;

@@ -1,0 +1,1012 @@
+//! The native core of a stream (TCP / Unix) socket transport: reads, the
+//! write buffer, flow control, EOF, close and abort, with asyncio's selector
+//! transport semantics (`_SelectorSocketTransport`).
+//!
+//! The object protocols see is `ferroloop._transports.SocketTransport`, a
+//! Python subclass of `asyncio.Transport` (a native class cannot be one:
+//! `BaseTransport` has `__slots__`); it owns this core and binds the hot
+//! methods (`write`, `is_closing`, ...) straight to it, so a protocol's
+//! `transport.write(data)` is one native call. Rare paths with policy
+//! (`_fatal_error`'s logging, EOF handling, reprs) stay in the shell.
+//!
+//! NOTE: the state lock is never held while Python code can run (a protocol
+//! callback, an exception handler, even an allocation that triggers a GC
+//! whose finalizer writes to this transport): every method decides under
+//! the lock, releases it, then calls out.
+
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::errors;
+use crate::event_loop::EventLoop;
+use crate::io::fd_watchers::Direction;
+
+/// asyncio's `max_size`: the most one read takes from the socket.
+const MAX_READ: usize = 256 * 1024;
+/// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+thread_local! {
+    /// One read buffer per loop thread: a read copies only what arrived into
+    /// the `bytes` handed to `data_received`.
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
+}
+
+/// Pending output: `data[sent..]`.
+#[derive(Default)]
+struct WriteBuffer {
+    data: Vec<u8>,
+    sent: usize,
+}
+
+impl WriteBuffer {
+    fn len(&self) -> usize {
+        self.data.len() - self.sent
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.data[self.sent..]
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        if self.sent > 0 && self.sent >= self.data.len() / 2 {
+            self.data.drain(..self.sent);
+            self.sent = 0;
+        }
+        self.data.extend_from_slice(bytes);
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.sent += n;
+        if self.sent >= self.data.len() {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.data.clear();
+        self.sent = 0;
+    }
+}
+
+struct State {
+    protocol: Option<Py<PyAny>>,
+    /// The protocol is a `BufferedProtocol` (get_buffer / buffer_updated).
+    buffered: bool,
+    buffer: WriteBuffer,
+    /// close() was called (or the transport is being torn down).
+    closing: bool,
+    /// write_eof() was called.
+    eof: bool,
+    /// Set when connection_lost is scheduled; counts writes after that.
+    conn_lost: u32,
+    /// pause_reading() was called.
+    paused: bool,
+    /// The protocol was told to pause writing.
+    protocol_paused: bool,
+    high_water: usize,
+    low_water: usize,
+    /// The reader is registered with the loop.
+    reading: bool,
+    /// The writer is registered with the loop.
+    writing: bool,
+    /// sendfile's "buffer drained" future.
+    empty_waiter: Option<Py<PyAny>>,
+    server: Option<Py<PyAny>>,
+    sock: Option<Py<PyAny>>,
+}
+
+#[pyclass(frozen, module = "ferroloop._ferroloop")]
+pub struct StreamTransport {
+    event_loop: Py<EventLoop>,
+    /// The `SocketTransport` protocols see; cleared once the connection is lost.
+    shell: Mutex<Option<Py<PyAny>>>,
+    fd: RawFd,
+    state: Mutex<State>,
+    /// Bound `_read_ready` / `_write_ready` (the watcher callbacks), made once.
+    read_ready: Mutex<Option<Py<PyAny>>>,
+    write_ready: Mutex<Option<Py<PyAny>>>,
+}
+
+static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let cls = BUFFERED_PROTOCOL.import(protocol.py(), "asyncio", "BufferedProtocol")?;
+    protocol.is_instance(cls)
+}
+
+/// What a failed send/recv means to the caller.
+enum IoResult {
+    Done(usize),
+    WouldBlock,
+    Failed(std::io::Error),
+}
+
+fn classify(rc: isize) -> IoResult {
+    if rc >= 0 {
+        return IoResult::Done(rc as usize);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EINTR) => IoResult::WouldBlock,
+        _ => IoResult::Failed(err),
+    }
+}
+
+fn send(fd: RawFd, data: &[u8]) -> IoResult {
+    // SAFETY: `data` is a valid readable slice for the call; `fd` is the
+    // transport's socket, kept open by the socket object we hold.
+    classify(unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) })
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> IoResult {
+    // SAFETY: `buf` is a valid writable slice for the call; `fd` as above.
+    classify(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) })
+}
+
+/// Borrows the bytes of a bytes / bytearray / memoryview (asyncio's types).
+fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return Ok(f(b.as_bytes()));
+    }
+    if !(data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
+        return Err(PyTypeError::new_err(format!(
+            "data argument must be a bytes-like object, not {:?}",
+            data.get_type().name()?.to_string()
+        )));
+    }
+    // NOTE: a copy, as `bytes(data)` (any memoryview format, any layout);
+    // the loop may keep the bytes after write() returns anyway.
+    let copy = data.py().get_type::<PyBytes>().call1((data,))?;
+    let copy = copy.cast::<PyBytes>()?;
+    Ok(f(copy.as_bytes()))
+}
+
+/// A writable, contiguous view of a Python buffer (what `recv_into` takes),
+/// released on drop.
+struct WritableBuffer {
+    view: Box<ffi::Py_buffer>,
+}
+
+impl WritableBuffer {
+    fn get(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        // SAFETY: a zeroed Py_buffer is a valid out-parameter; on success
+        // PyObject_GetBuffer fills it and we release it exactly once (Drop).
+        unsafe {
+            let mut view: Box<ffi::Py_buffer> = Box::new(std::mem::zeroed());
+            if ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_WRITABLE) != 0 {
+                return Err(PyErr::fetch(obj.py()));
+            }
+            Ok(Self { view })
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.view.len as usize
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: PyBUF_WRITABLE without PyBUF_ND asks for a contiguous
+        // writable block of `len` bytes, valid until the view is released.
+        unsafe { std::slice::from_raw_parts_mut(self.view.buf.cast::<u8>(), self.len()) }
+    }
+}
+
+impl Drop for WritableBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the view was filled by PyObject_GetBuffer and not yet
+        // released; the GIL is held wherever a WritableBuffer lives.
+        unsafe { ffi::PyBuffer_Release(&mut *self.view) };
+    }
+}
+
+impl StreamTransport {
+    fn shell<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.shell.lock().as_ref().map(|s| s.bind(py).clone())
+    }
+
+    fn protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.state
+            .lock()
+            .protocol
+            .as_ref()
+            .map(|p| p.bind(py).clone())
+    }
+
+    fn callback(
+        slot: &Mutex<Option<Py<PyAny>>>,
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, pyo3::types::PyString>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if let Some(cb) = slot.lock().as_ref() {
+            return Ok(cb.clone_ref(py));
+        }
+        let cb = slf.getattr(name)?.unbind();
+        *slot.lock() = Some(cb.clone_ref(py));
+        Ok(cb)
+    }
+
+    fn add_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let cb = Self::callback(&this.read_ready, slf, intern!(py, "_read_ready"))?;
+        let fd = this.fd.into_pyobject(py)?;
+        EventLoop::add_watch(
+            this.event_loop.bind(py),
+            fd.as_any(),
+            Direction::Read,
+            cb.into_bound(py),
+            PyTuple::empty(py),
+        )?;
+        this.state.lock().reading = true;
+        Ok(())
+    }
+
+    fn remove_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let was = std::mem::replace(&mut this.state.lock().reading, false);
+        if was {
+            let fd = this.fd.into_pyobject(py)?;
+            EventLoop::remove_watch(this.event_loop.bind(py), fd.as_any(), Direction::Read)?;
+        }
+        Ok(())
+    }
+
+    fn add_writer(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let cb = Self::callback(&this.write_ready, slf, intern!(py, "_write_ready"))?;
+        let fd = this.fd.into_pyobject(py)?;
+        EventLoop::add_watch(
+            this.event_loop.bind(py),
+            fd.as_any(),
+            Direction::Write,
+            cb.into_bound(py),
+            PyTuple::empty(py),
+        )?;
+        this.state.lock().writing = true;
+        Ok(())
+    }
+
+    fn remove_writer(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let was = std::mem::replace(&mut this.state.lock().writing, false);
+        if was {
+            let fd = this.fd.into_pyobject(py)?;
+            EventLoop::remove_watch(this.event_loop.bind(py), fd.as_any(), Direction::Write)?;
+        }
+        Ok(())
+    }
+
+    /// The shell's `_fatal_error(exc, message)`: logging / exception handler
+    /// (asyncio's policy, in Python), then `_force_close(exc)`.
+    fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        match slf.get().shell(py) {
+            Some(shell) => {
+                shell.call_method1(intern!(py, "_fatal_error"), (exc.into_value(py), message))?;
+                Ok(())
+            }
+            None => Self::force_close(slf, Some(exc.into_value(py).into_any())),
+        }
+    }
+
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        EventLoop::schedule_soon(slf.get().event_loop.bind(py), callback, args, None, false)?;
+        Ok(())
+    }
+
+    /// asyncio's `_force_close`.
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (had_buffer, was_closing) = {
+            let mut st = this.state.lock();
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let had_buffer = !st.buffer.is_empty();
+            st.buffer.clear();
+            let was_closing = std::mem::replace(&mut st.closing, true);
+            st.conn_lost += 1;
+            (had_buffer, was_closing)
+        };
+        if had_buffer {
+            Self::remove_writer(slf)?;
+        }
+        if !was_closing {
+            Self::remove_reader(slf)?;
+        }
+        let lost = slf.getattr(intern!(py, "_call_connection_lost"))?;
+        let exc = exc.unwrap_or_else(|| py.None());
+        Self::call_soon(slf, lost, PyTuple::new(py, [exc])?)
+    }
+
+    /// Flow control after the buffer grew (asyncio's `_maybe_pause_protocol`).
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut st = slf.get().state.lock();
+            if st.buffer.len() <= st.high_water || st.protocol_paused {
+                return Ok(());
+            }
+            st.protocol_paused = true;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        if let Some(p) = protocol {
+            if let Err(e) = p.bind(py).call_method0(intern!(py, "pause_writing")) {
+                Self::report_protocol_error(slf, e, "protocol.pause_writing() failed")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_maybe_resume_protocol`.
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut st = slf.get().state.lock();
+            if !(st.protocol_paused && st.buffer.len() <= st.low_water) {
+                return Ok(());
+            }
+            st.protocol_paused = false;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        if let Some(p) = protocol {
+            if let Err(e) = p.bind(py).call_method0(intern!(py, "resume_writing")) {
+                Self::report_protocol_error(slf, e, "protocol.resume_writing() failed")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A protocol callback's exception, as asyncio reports it: to the loop's
+    /// exception handler (KeyboardInterrupt / SystemExit propagate).
+    fn report_protocol_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_exit(py, &err) {
+            return Err(err);
+        }
+        let this = slf.get();
+        let context = pyo3::types::PyDict::new(py);
+        context.set_item("message", message)?;
+        context.set_item("exception", err.into_value(py))?;
+        context.set_item("transport", this.shell(py))?;
+        context.set_item("protocol", this.protocol(py))?;
+        this.event_loop
+            .bind(py)
+            .call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        Ok(())
+    }
+
+    fn read_data(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let data = READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match recv(this.fd, &mut buf) {
+                IoResult::Done(n) => Ok(Some(PyBytes::new(py, &buf[..n]))),
+                IoResult::WouldBlock => Ok(None),
+                IoResult::Failed(e) => Err(e),
+            }
+        });
+        let data = match data {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Self::fatal_error(
+                    slf,
+                    errors::os_error(e),
+                    "Fatal read error on socket transport",
+                )
+            }
+        };
+        if data.as_bytes().is_empty() {
+            return Self::on_eof(slf);
+        }
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
+        };
+        if let Err(e) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
+            if is_exit(py, &e) {
+                return Err(e);
+            }
+            return Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.");
+        }
+        Ok(())
+    }
+
+    fn read_into_buffer(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
+        };
+        let buf = protocol
+            .call_method1(intern!(py, "get_buffer"), (-1,))
+            .and_then(|b| {
+                let view = WritableBuffer::get(&b)?;
+                if view.len() == 0 {
+                    return Err(PyRuntimeError::new_err(
+                        "get_buffer() returned an empty buffer",
+                    ));
+                }
+                Ok(view)
+            });
+        let mut view = match buf {
+            Ok(v) => v,
+            Err(e) if is_exit(py, &e) => return Err(e),
+            Err(e) => {
+                return Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")
+            }
+        };
+        let n = match recv(this.fd, view.as_mut_slice()) {
+            IoResult::Done(n) => n,
+            IoResult::WouldBlock => return Ok(()),
+            IoResult::Failed(e) => {
+                drop(view);
+                return Self::fatal_error(
+                    slf,
+                    errors::os_error(e),
+                    "Fatal read error on socket transport",
+                );
+            }
+        };
+        drop(view);
+        if n == 0 {
+            return Self::on_eof(slf);
+        }
+        if let Err(e) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
+            if is_exit(py, &e) {
+                return Err(e);
+            }
+            return Self::fatal_error(
+                slf,
+                e,
+                "Fatal error: protocol.buffer_updated() call failed.",
+            );
+        }
+        Ok(())
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(shell) = slf.get().shell(py) {
+            shell.call_method0(intern!(py, "_read_ready__on_eof"))?;
+        }
+        Ok(())
+    }
+}
+
+fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+        || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+}
+
+#[pymethods]
+impl StreamTransport {
+    #[new]
+    #[pyo3(signature = (event_loop, shell, sock, protocol, server=None))]
+    fn new(
+        event_loop: Bound<'_, EventLoop>,
+        shell: Bound<'_, PyAny>,
+        sock: Bound<'_, PyAny>,
+        protocol: Bound<'_, PyAny>,
+        server: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let py = sock.py();
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        let buffered = is_buffered_protocol(&protocol)?;
+        Ok(Self {
+            event_loop: event_loop.unbind(),
+            shell: Mutex::new(Some(shell.unbind())),
+            fd,
+            state: Mutex::new(State {
+                protocol: Some(protocol.unbind()),
+                buffered,
+                buffer: WriteBuffer::default(),
+                closing: false,
+                eof: false,
+                conn_lost: 0,
+                paused: false,
+                protocol_paused: false,
+                high_water: 64 * 1024,
+                low_water: 16 * 1024,
+                reading: false,
+                writing: false,
+                empty_waiter: None,
+                server: server.map(Bound::unbind),
+                sock: Some(sock.unbind()),
+            }),
+            read_ready: Mutex::new(None),
+            write_ready: Mutex::new(None),
+        })
+    }
+
+    /// Starts reading (scheduled right after `connection_made`).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let reading = {
+            let st = slf.get().state.lock();
+            !st.closing && !st.paused && !st.reading
+        };
+        if reading {
+            Self::add_reader(slf)?;
+        }
+        Ok(())
+    }
+
+    /// The reader callback: one read, handed to the protocol.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let (lost, buffered) = {
+            let st = slf.get().state.lock();
+            (st.conn_lost > 0, st.buffered)
+        };
+        if lost {
+            return Ok(());
+        }
+        if buffered {
+            Self::read_into_buffer(slf)
+        } else {
+            Self::read_data(slf)
+        }
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        enum Next {
+            Nothing,
+            LogLost,
+            Failed(std::io::Error),
+            Buffered { register: bool },
+        }
+        let next = with_bytes(data, |bytes| -> PyResult<Next> {
+            let mut st = this.state.lock();
+            if st.eof {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call write() after write_eof()",
+                ));
+            }
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to write; sendfile is in progress",
+                ));
+            }
+            if bytes.is_empty() {
+                return Ok(Next::Nothing);
+            }
+            if st.conn_lost > 0 {
+                let log = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                st.conn_lost += 1;
+                return Ok(if log { Next::LogLost } else { Next::Nothing });
+            }
+            let mut rest = bytes;
+            let mut register = false;
+            if st.buffer.is_empty() {
+                // Optimization: try to send now.
+                match send(this.fd, bytes) {
+                    IoResult::Done(n) if n == bytes.len() => return Ok(Next::Nothing),
+                    IoResult::Done(n) => rest = &bytes[n..],
+                    IoResult::WouldBlock => {}
+                    IoResult::Failed(e) => return Ok(Next::Failed(e)),
+                }
+                register = true;
+            }
+            st.buffer.extend(rest);
+            Ok(Next::Buffered { register })
+        })??;
+        match next {
+            Next::Nothing => Ok(()),
+            Next::LogLost => {
+                let logger = py.import("asyncio.log")?.getattr("logger")?;
+                logger.call_method1("warning", ("socket.send() raised exception.",))?;
+                Ok(())
+            }
+            Next::Failed(e) => Self::fatal_error(
+                slf,
+                errors::os_error(e),
+                "Fatal write error on socket transport",
+            ),
+            Next::Buffered { register } => {
+                if register {
+                    Self::add_writer(slf)?;
+                }
+                Self::maybe_pause_protocol(slf)
+            }
+        }
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        // asyncio 3.11's Transport.writelines: one write of the joined data.
+        let py = slf.py();
+        let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
+        Self::write(slf, &joined)
+    }
+
+    /// The writer callback: flush what the socket takes.
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let outcome = {
+            let mut st = this.state.lock();
+            if st.conn_lost > 0 || st.buffer.is_empty() {
+                return Ok(());
+            }
+            match send(this.fd, st.buffer.pending()) {
+                IoResult::Done(n) => {
+                    st.buffer.consume(n);
+                    Ok(())
+                }
+                IoResult::WouldBlock => return Ok(()),
+                IoResult::Failed(e) => {
+                    st.buffer.clear();
+                    Err(e)
+                }
+            }
+        };
+        if let Err(e) = outcome {
+            Self::remove_writer(slf)?;
+            let err = errors::os_error(e);
+            let value = err.value(py).clone().into_any();
+            Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+            let waiter = this
+                .state
+                .lock()
+                .empty_waiter
+                .as_ref()
+                .map(|w| w.clone_ref(py));
+            if let Some(w) = waiter {
+                w.bind(py)
+                    .call_method1(intern!(py, "set_exception"), (value,))?;
+            }
+            return Ok(());
+        }
+        Self::maybe_resume_protocol(slf)?; // may append to the buffer
+        let (drained, closing, eof, waiter) = {
+            let st = this.state.lock();
+            (
+                st.buffer.is_empty(),
+                st.closing,
+                st.eof,
+                st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+            )
+        };
+        if !drained {
+            return Ok(());
+        }
+        Self::remove_writer(slf)?;
+        if let Some(w) = waiter {
+            w.bind(py)
+                .call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        if closing {
+            slf.call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
+        } else if eof {
+            Self::shutdown_write(slf)?;
+        }
+        Ok(())
+    }
+
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let shutdown_now = {
+            let mut st = slf.get().state.lock();
+            if st.closing || st.eof {
+                return Ok(());
+            }
+            st.eof = true;
+            st.buffer.is_empty()
+        };
+        if shutdown_now {
+            Self::shutdown_write(slf)?;
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    fn get_write_buffer_size(&self) -> usize {
+        self.state.lock().buffer.len()
+    }
+
+    fn get_write_buffer_limits(&self) -> (usize, usize) {
+        let st = self.state.lock();
+        (st.low_water, st.high_water)
+    }
+
+    /// Sets already validated limits, then applies flow control.
+    fn _set_limits(slf: &Bound<'_, Self>, high: usize, low: usize) -> PyResult<()> {
+        {
+            let mut st = slf.get().state.lock();
+            st.high_water = high;
+            st.low_water = low;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn is_closing(&self) -> bool {
+        self.state.lock().closing
+    }
+
+    fn is_reading(&self) -> bool {
+        let st = self.state.lock();
+        !st.closing && !st.paused
+    }
+
+    /// Returns whether reading was paused by this call (the shell logs it).
+    fn _pause_reading(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        {
+            let mut st = slf.get().state.lock();
+            if st.closing || st.paused {
+                return Ok(false);
+            }
+            st.paused = true;
+        }
+        Self::remove_reader(slf)?;
+        Ok(true)
+    }
+
+    /// Returns whether reading was resumed by this call (the shell logs it).
+    fn _resume_reading(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        {
+            let mut st = slf.get().state.lock();
+            if st.closing || !st.paused {
+                return Ok(false);
+            }
+            st.paused = false;
+        }
+        Self::add_reader(slf)?;
+        Ok(true)
+    }
+
+    /// Stops reading for good (`eof_received()` returned true).
+    fn _stop_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::remove_reader(slf)
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let lose_now = {
+            let mut st = slf.get().state.lock();
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            let empty = st.buffer.is_empty();
+            if empty {
+                st.conn_lost += 1;
+            }
+            empty
+        };
+        Self::remove_reader(slf)?;
+        if lose_now {
+            Self::remove_writer(slf)?;
+            let lost = slf.getattr(intern!(py, "_call_connection_lost"))?;
+            Self::call_soon(slf, lost, PyTuple::new(py, [py.None()])?)?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    #[pyo3(signature = (exc))]
+    fn _force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let exc = (!exc.is_none()).then(|| exc.unbind());
+        Self::force_close(slf, exc)
+    }
+
+    /// asyncio's `_call_connection_lost`: tell the protocol, close the
+    /// socket, detach from the server, fail a pending sendfile waiter.
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = this.protocol(py);
+        let result = match &protocol {
+            Some(p) => p
+                .call_method1(intern!(py, "connection_lost"), (exc,))
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        let (sock, server, waiter, protocol_obj) = {
+            let mut st = this.state.lock();
+            (
+                st.sock.take(),
+                st.server.take(),
+                st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                st.protocol.take(),
+            )
+        };
+        let shell = this.shell.lock().take();
+        let read_cb = this.read_ready.lock().take();
+        let write_cb = this.write_ready.lock().take();
+        let mut cleanup = Ok(());
+        if let Some(sock) = sock {
+            cleanup = sock.bind(py).call_method0(intern!(py, "close")).map(|_| ());
+        }
+        if let Some(server) = server {
+            let detached = match &shell {
+                Some(s) if py.version_info() >= (3, 13) => server
+                    .bind(py)
+                    .call_method1(intern!(py, "_detach"), (s,))
+                    .map(|_| ()),
+                _ => server
+                    .bind(py)
+                    .call_method0(intern!(py, "_detach"))
+                    .map(|_| ()),
+            };
+            cleanup = cleanup.and(detached);
+        }
+        if let Some(shell) = &shell {
+            // The shell mirrors asyncio's attributes for code that reads them.
+            let _ = shell.bind(py).setattr(intern!(py, "_sock"), py.None());
+        }
+        drop((shell, read_cb, write_cb, protocol_obj));
+        if let Some(w) = waiter {
+            let conn_err =
+                pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+            let done: bool = w.bind(py).call_method0(intern!(py, "done"))?.extract()?;
+            if !done {
+                w.bind(py)
+                    .call_method1(intern!(py, "set_exception"), (conn_err.into_value(py),))?;
+            }
+        }
+        result.and(cleanup)
+    }
+
+    fn set_protocol(&self, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = is_buffered_protocol(&protocol)?;
+        let old = {
+            let mut st = self.state.lock();
+            st.buffered = buffered;
+            st.protocol.replace(protocol.unbind())
+        };
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py).map(Bound::unbind)
+    }
+
+    /// sendfile: a future done when the write buffer is empty.
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.state.lock().empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let fut = EventLoop::create_future_impl(this.event_loop.bind(py))?;
+        let empty = {
+            let mut st = this.state.lock();
+            st.empty_waiter = Some(fut.clone().unbind());
+            st.buffer.is_empty()
+        };
+        if empty {
+            fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        Ok(fut.unbind())
+    }
+
+    fn _reset_empty_waiter(&self) {
+        let old = self.state.lock().empty_waiter.take();
+        drop(old);
+    }
+
+    #[getter]
+    fn _protocol_paused(&self) -> bool {
+        self.state.lock().protocol_paused
+    }
+
+    #[getter]
+    fn _conn_lost(&self) -> u32 {
+        self.state.lock().conn_lost
+    }
+
+    #[getter]
+    fn _closing(&self) -> bool {
+        self.state.lock().closing
+    }
+
+    #[getter]
+    fn _paused(&self) -> bool {
+        self.state.lock().paused
+    }
+
+    #[getter]
+    fn _eof(&self) -> bool {
+        self.state.lock().eof
+    }
+
+    #[getter]
+    fn _reading_registered(&self) -> bool {
+        self.state.lock().reading
+    }
+
+    #[getter]
+    fn _writing_registered(&self) -> bool {
+        self.state.lock().writing
+    }
+
+    #[getter]
+    fn _protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.get_protocol(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(s) = self.shell.try_lock() {
+            visit.call(&*s)?;
+        }
+        if let Some(st) = self.state.try_lock() {
+            visit.call(&st.protocol)?;
+            visit.call(&st.empty_waiter)?;
+            visit.call(&st.server)?;
+            visit.call(&st.sock)?;
+        }
+        if let Some(c) = self.read_ready.try_lock() {
+            visit.call(&*c)?;
+        }
+        if let Some(c) = self.write_ready.try_lock() {
+            visit.call(&*c)?;
+        }
+        visit.call(&self.event_loop)?;
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let shell = self.shell.lock().take();
+        let (p, w, s, k) = {
+            let mut st = self.state.lock();
+            (
+                st.protocol.take(),
+                st.empty_waiter.take(),
+                st.server.take(),
+                st.sock.take(),
+            )
+        };
+        let r = self.read_ready.lock().take();
+        let wr = self.write_ready.lock().take();
+        drop((shell, p, w, s, k, r, wr));
+    }
+}
+
+impl StreamTransport {
+    fn shutdown_write(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let sock = slf
+            .get()
+            .state
+            .lock()
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py));
+        if let Some(sock) = sock {
+            sock.bind(py)
+                .call_method1(intern!(py, "shutdown"), (libc::SHUT_WR,))?;
+        }
+        Ok(())
+    }
+}
