@@ -50,7 +50,7 @@ def _set_nodelay(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class DatagramTransport(selector_events._SelectorDatagramTransport):
+class DatagramTransport(selector_events._SelectorDatagramTransport, transports.DatagramTransport):
     """A UDP or Unix datagram transport: asyncio's selector datagram
     transport (its sendto buffering, error_received and flow control) on the
     loop's native fd watchers."""
