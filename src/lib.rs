@@ -24,6 +24,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     freelist::install::<handles::Handle>(m.py());
     freelist::install::<handles::TimerHandle>(m.py());
     event_loop::fastcall::install(m)?;
+    transports::stream::install(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -838,7 +838,7 @@ async def _upgrade_and_echo(reader, writer, server_ctx):
     await writer.wait_closed()
 
 
-def test_tls_bad_certificate_fails_handshake(loop, run):
+def test_tls_bad_certificate_fails_handshake(loop, run, exc_handler):
     import ssl
 
     server_ctx, _ = _tls_contexts()
@@ -851,7 +851,16 @@ def test_tls_bad_certificate_fails_handshake(loop, run):
             await loop.create_connection(
                 Recorder, "127.0.0.1", port, ssl=strict, server_hostname="localhost"
             )
+        # Let the server side see the client go away and end its handshake.
+        for _ in range(100):
+            if not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                break
+            await asyncio.sleep(0.01)
         server.close()
         await server.wait_closed()
 
     run(main())
+    # In debug mode asyncio reports the server side's failed handshake.
+    for ctx in exc_handler.take():
+        assert loop.get_debug()
+        assert ctx["message"] == "Error on transport creation for incoming connection"

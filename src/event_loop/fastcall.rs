@@ -31,7 +31,7 @@ use crate::handles::{Handle, TimerHandle};
 ///
 /// # Safety
 /// Must be called from a CPython method slot, i.e. with the GIL held.
-unsafe fn guard(
+pub(crate) unsafe fn guard(
     body: impl FnOnce(Python<'_>) -> PyResult<*mut ffi::PyObject>,
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls method slots with the thread attached (GIL held).
@@ -406,7 +406,11 @@ fn fast_kw(
     }
 }
 
-fn noargs(name: &'static CStr, doc: &'static CStr, f: ffi::PyCFunction) -> ffi::PyMethodDef {
+pub(crate) fn noargs(
+    name: &'static CStr,
+    doc: &'static CStr,
+    f: ffi::PyCFunction,
+) -> ffi::PyMethodDef {
     ffi::PyMethodDef {
         ml_name: name.as_ptr(),
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: f },
@@ -415,9 +419,22 @@ fn noargs(name: &'static CStr, doc: &'static CStr, f: ffi::PyCFunction) -> ffi::
     }
 }
 
+pub(crate) fn one_arg(
+    name: &'static CStr,
+    doc: &'static CStr,
+    f: ffi::PyCFunction,
+) -> ffi::PyMethodDef {
+    ffi::PyMethodDef {
+        ml_name: name.as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: f },
+        ml_flags: ffi::METH_O,
+        ml_doc: doc.as_ptr(),
+    }
+}
+
 /// Adds `defs` to `ty` as methods (method descriptors, as a C type's
 /// `tp_methods` would make).
-fn add_methods(ty: &Bound<'_, PyType>, defs: Vec<ffi::PyMethodDef>) -> PyResult<()> {
+pub(crate) fn add_methods(ty: &Bound<'_, PyType>, defs: Vec<ffi::PyMethodDef>) -> PyResult<()> {
     let py = ty.py();
     for def in defs {
         // The definition must outlive the type: leak it (a few per import).

@@ -13,7 +13,7 @@ use pyo3::types::{PyInt, PyTuple};
 use super::EventLoop;
 use crate::errors;
 use crate::handles::{self, Handle};
-use crate::io::fd_watchers::{Direction, Ready};
+use crate::io::fd_watchers::Direction;
 
 /// selectors' `_fileobj_to_fd`: an int, or an object whose `fileno()` is one.
 pub(crate) fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
@@ -120,22 +120,21 @@ impl EventLoop {
     /// asyncio's `_process_events`: queue the callbacks of ready fds
     /// (`(fd, read, write)` in selectors' terms).
     pub(crate) fn process_io_events(&self, py: Python<'_>, events: &[(RawFd, bool, bool)]) {
-        let mut out = Ready::default();
+        let mut dropped = Vec::new();
         let unregistered = {
             let mut core = self.core.lock();
-            let core = &mut *core;
+            let super::Core {
+                ready, watchers, ..
+            } = &mut *core;
             let mut n = 0;
             for &event in events {
-                n += core.watchers.on_ready(
+                n += watchers.on_ready(
                     self.epoll_fd,
                     event,
                     |h| h.get().is_cancelled(),
-                    |h| h.clone_ref(py),
-                    &mut out,
+                    |h| ready.push(h.clone_ref(py)),
+                    &mut dropped,
                 );
-            }
-            for h in out.run.drain(..) {
-                core.ready.push(h);
             }
             n
         };
@@ -143,7 +142,7 @@ impl EventLoop {
             self.io_sources.fetch_sub(unregistered, Ordering::Relaxed);
         }
         // Released after the lock: freeing a handle may run Python code.
-        for h in out.dropped {
+        for h in dropped {
             handles::release(py, h);
         }
     }

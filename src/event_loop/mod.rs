@@ -25,7 +25,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors;
 use crate::handles::{self, Handle, TimerHandle};
 use crate::io::fd_watchers::FdWatchers;
-use crate::io::poller::Poller;
+use crate::io::poller::{IoEvent, Poller};
 use crate::ready_queue::ReadyQueue;
 use crate::timers::TimerHeap;
 
@@ -86,6 +86,8 @@ pub struct EventLoop {
     /// User I/O registrations: with none, a zero-timeout poll is skipped.
     pub(crate) io_sources: AtomicUsize,
     pub(crate) task_factory: Mutex<Option<Py<PyAny>>>,
+    /// Ready user fds of the current tick (a buffer reused by the loop thread).
+    pub(crate) io_events: Mutex<Vec<IoEvent>>,
     fork_generation: u64,
     creator_pid: u32,
 }
@@ -109,6 +111,7 @@ impl EventLoop {
             timer_cancelled: AtomicUsize::new(0),
             io_sources: AtomicUsize::new(0),
             task_factory: Mutex::new(None),
+            io_events: Mutex::new(Vec::new()),
             fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
             creator_pid: std::process::id(),
         })

@@ -15,7 +15,7 @@ use super::{Core, EventLoop};
 use crate::clock;
 use crate::errors;
 use crate::handles::{self, Handle, TimerHandle};
-use crate::io::poller::PollOutcome;
+use crate::io::poller::{IoEvent, PollOutcome};
 use crate::py;
 use crate::timers;
 
@@ -99,8 +99,9 @@ impl EventLoop {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    /// Blocks in poll when there is nothing to run.
-    fn wait_for_work(&self, py: Python<'_>) -> PyResult<PollOutcome> {
+    /// Polls for I/O, blocking when there is nothing to run. Ready user fds
+    /// are appended to `io`.
+    fn wait_for_work(&self, py: Python<'_>, io: &mut Vec<IoEvent>) -> PyResult<PollOutcome> {
         // Announce the sleep first, then look: a thread that queues work
         // after our look sees `sleeping` and wakes us (see `wake`).
         self.sleeping.store(true, Ordering::SeqCst);
@@ -115,32 +116,43 @@ impl EventLoop {
             if !must_poll_io {
                 return Ok(PollOutcome::default());
             }
-            return self.poll(Some(Duration::ZERO));
+            return self.poll(Some(Duration::ZERO), io);
         }
-        let outcome = {
-            let mut guard = self.poller.lock();
-            let Some(poller) = guard.as_mut() else {
-                self.sleeping.store(false, Ordering::SeqCst);
-                return Err(PyRuntimeError::new_err("Event loop is closed"));
-            };
-            if let Some(d) = deadline {
-                if let Err(e) = poller.arm_timer(d) {
-                    self.sleeping.store(false, Ordering::SeqCst);
-                    return Err(errors::os_error(e));
-                }
-            }
-            let res = py.detach(|| poller.poll(None));
+        let mut guard = self.poller.lock();
+        let Some(poller) = guard.as_mut() else {
             self.sleeping.store(false, Ordering::SeqCst);
-            res.map_err(errors::os_error)?
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
         };
-        Ok(outcome)
+        if must_poll_io {
+            // NOTE: with I/O in flight, the next event is often already
+            // there: a zero-timeout poll finds it without releasing and
+            // re-taking the GIL (a mutex, a condition variable and often a
+            // futex wake-up each way).
+            let outcome = poller.poll(Some(Duration::ZERO), io);
+            if outcome
+                .as_ref()
+                .map_or(true, |o| o.events > 0 || o.interrupted)
+            {
+                self.sleeping.store(false, Ordering::SeqCst);
+                return outcome.map_err(errors::os_error);
+            }
+        }
+        if let Some(d) = deadline {
+            if let Err(e) = poller.arm_timer(d) {
+                self.sleeping.store(false, Ordering::SeqCst);
+                return Err(errors::os_error(e));
+            }
+        }
+        let res = py.detach(|| poller.poll(None, io));
+        self.sleeping.store(false, Ordering::SeqCst);
+        res.map_err(errors::os_error)
     }
 
     /// A poll that does not block: the GIL is kept.
-    fn poll(&self, timeout: Option<Duration>) -> PyResult<PollOutcome> {
+    fn poll(&self, timeout: Option<Duration>, io: &mut Vec<IoEvent>) -> PyResult<PollOutcome> {
         let mut guard = self.poller.lock();
         match guard.as_mut() {
-            Some(p) => p.poll(timeout).map_err(errors::os_error),
+            Some(p) => p.poll(timeout, io).map_err(errors::os_error),
             None => Err(PyRuntimeError::new_err("Event loop is closed")),
         }
     }
@@ -170,7 +182,17 @@ impl EventLoop {
             .into_iter()
             .for_each(|h| handles::release(py, h));
 
-        let outcome = this.wait_for_work(py)?;
+        // The I/O event buffer is reused tick after tick (loop thread only).
+        let mut io = std::mem::take(&mut *this.io_events.lock());
+        io.clear();
+        let outcome = this.wait_for_work(py, &mut io);
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                *this.io_events.lock() = io;
+                return Err(e);
+            }
+        };
         if outcome.interrupted {
             // NOTE: a signal interrupted the poll (PEP 475): run Python's
             // handlers now; KeyboardInterrupt from SIGINT leaves the loop.
@@ -183,9 +205,10 @@ impl EventLoop {
             slf.call_method0(intern!(py, "_read_signal_fd"))?;
         }
 
-        if !outcome.io.is_empty() {
-            this.process_io_events(py, &outcome.io);
+        if !io.is_empty() {
+            this.process_io_events(py, &io);
         }
+        *this.io_events.lock() = io;
 
         let mut batch = this.take_ready(py);
         while let Some(handle) = batch.pop_front() {

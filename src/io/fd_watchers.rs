@@ -15,7 +15,6 @@
 //! registrations with the loop's core lock and checks the loop is not closed
 //! (which closes the epoll fd) under that same lock.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -27,24 +26,6 @@ pub fn token_fd(token: usize) -> Option<RawFd> {
     token
         .checked_sub(USER_TOKEN_BASE)
         .and_then(|fd| RawFd::try_from(fd).ok())
-}
-
-/// What readiness asks of the loop for one fd (asyncio's `_process_events`).
-pub struct Ready<T> {
-    /// Reader / writer callbacks to queue.
-    pub run: Vec<T>,
-    /// Cancelled callbacks that were unregistered instead (released by the
-    /// caller outside its lock).
-    pub dropped: Vec<T>,
-}
-
-impl<T> Default for Ready<T> {
-    fn default() -> Self {
-        Self {
-            run: Vec::new(),
-            dropped: Vec::new(),
-        }
-    }
 }
 
 struct Watch<T> {
@@ -72,14 +53,66 @@ pub enum Direction {
     Write,
 }
 
+/// A map keyed by fd: a vector indexed by the fd number (fds are small and
+/// dense, and a lookup on every readiness event must be cheap).
+struct FdMap<V> {
+    slots: Vec<Option<V>>,
+    len: usize,
+}
+
+impl<V> FdMap<V> {
+    fn slot(fd: RawFd) -> usize {
+        usize::try_from(fd).unwrap_or(usize::MAX)
+    }
+
+    fn get(&self, fd: RawFd) -> Option<&V> {
+        self.slots.get(Self::slot(fd)).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, fd: RawFd) -> Option<&mut V> {
+        self.slots.get_mut(Self::slot(fd)).and_then(Option::as_mut)
+    }
+
+    /// `fd` must be non-negative (callers validate fds before registering).
+    fn insert(&mut self, fd: RawFd, value: V) {
+        let i = Self::slot(fd);
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace(value).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, fd: RawFd) -> Option<V> {
+        let v = self.slots.get_mut(Self::slot(fd)).and_then(Option::take);
+        if v.is_some() {
+            self.len -= 1;
+        }
+        v
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = V> + '_ {
+        self.len = 0;
+        self.slots.drain(..).flatten()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.slots.iter().flatten()
+    }
+}
+
 pub struct FdWatchers<T> {
-    watches: HashMap<RawFd, Watch<T>>,
+    watches: FdMap<Watch<T>>,
 }
 
 impl<T> Default for FdWatchers<T> {
     fn default() -> Self {
         Self {
-            watches: HashMap::new(),
+            watches: FdMap {
+                slots: Vec::new(),
+                len: 0,
+            },
         }
     }
 }
@@ -100,13 +133,13 @@ fn epoll_ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32) -> io::Result<()> {
 impl<T> FdWatchers<T> {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.watches.is_empty()
+        self.watches.len == 0
     }
 
     /// Whether `fd` has a callback in `dir`.
     #[cfg(test)]
     pub fn has(&self, fd: RawFd, dir: Direction) -> bool {
-        self.watches.get(&fd).is_some_and(|w| match dir {
+        self.watches.get(fd).is_some_and(|w| match dir {
             Direction::Read => w.reader.is_some(),
             Direction::Write => w.writer.is_some(),
         })
@@ -123,7 +156,7 @@ impl<T> FdWatchers<T> {
         dir: Direction,
         handle: T,
     ) -> io::Result<(Option<T>, bool)> {
-        match self.watches.get_mut(&fd) {
+        match self.watches.get_mut(fd) {
             None => {
                 let mut w = Watch {
                     reader: None,
@@ -167,7 +200,7 @@ impl<T> FdWatchers<T> {
         fd: RawFd,
         dir: Direction,
     ) -> io::Result<(Option<T>, bool)> {
-        let Some(w) = self.watches.get_mut(&fd) else {
+        let Some(w) = self.watches.get_mut(fd) else {
             return Ok((None, false));
         };
         let had = match dir {
@@ -197,7 +230,7 @@ impl<T> FdWatchers<T> {
         // was closed meanwhile, which already removed it from the epoll
         // set) is ignored.
         let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
-        let w = self.watches.remove(&fd);
+        let w = self.watches.remove(fd);
         let old = w.and_then(|w| match dir {
             Direction::Read => w.reader,
             Direction::Write => w.writer,
@@ -208,14 +241,16 @@ impl<T> FdWatchers<T> {
     /// asyncio's `_process_events` for one fd: queue the reader and/or the
     /// writer, except cancelled ones, which are unregistered instead.
     /// `event` is `(fd, read, write)`, with selectors' EVENT_READ and
-    /// EVENT_WRITE. Returns the number of fds that stopped being registered.
+    /// EVENT_WRITE; live callbacks go to `queue` (cloned), cancelled ones are
+    /// moved to `dropped` (the caller releases them outside its lock).
+    /// Returns the number of fds that stopped being registered.
     pub fn on_ready(
         &mut self,
         epfd: RawFd,
         event: (RawFd, bool, bool),
         is_cancelled: impl Fn(&T) -> bool,
-        clone: impl Fn(&T) -> T,
-        out: &mut Ready<T>,
+        mut queue: impl FnMut(&T),
+        dropped: &mut Vec<T>,
     ) -> usize {
         let (fd, read, write) = event;
         let mut unregistered = 0;
@@ -223,7 +258,7 @@ impl<T> FdWatchers<T> {
             if !wanted {
                 continue;
             }
-            let Some(w) = self.watches.get(&fd) else {
+            let Some(w) = self.watches.get(fd) else {
                 break;
             };
             let slot = match dir {
@@ -234,13 +269,13 @@ impl<T> FdWatchers<T> {
                 continue;
             };
             if !is_cancelled(h) {
-                out.run.push(clone(h));
+                queue(h);
                 continue;
             }
             // A failed unregistration leaves the cancelled callback in place;
             // the next event tries again (asyncio would raise from here).
             if let Ok((old, gone)) = self.remove(epfd, fd, dir) {
-                out.dropped.extend(old);
+                dropped.extend(old);
                 unregistered += usize::from(gone);
             }
         }
@@ -251,7 +286,7 @@ impl<T> FdWatchers<T> {
     /// the epoll fd goes away with them).
     pub fn drain(&mut self) -> Vec<T> {
         let mut all = Vec::new();
-        for (_, w) in self.watches.drain() {
+        for w in self.watches.drain() {
             all.extend(w.reader);
             all.extend(w.writer);
         }
@@ -376,19 +411,23 @@ mod tests {
         let mut fw = FdWatchers::default();
         fw.add(e, fd, Direction::Write, -1).unwrap(); // negative: "cancelled"
         fw.add(e, fd, Direction::Read, 7).unwrap();
-        let mut out = Ready::default();
-        let gone = fw.on_ready(e, (fd, true, true), |h| *h < 0, |h| *h, &mut out);
-        assert_eq!(out.run, vec![7]);
-        assert_eq!(out.dropped, vec![-1]);
+        let (mut run, mut dropped) = (Vec::new(), Vec::new());
+        let gone = fw.on_ready(
+            e,
+            (fd, true, true),
+            |h| *h < 0,
+            |h| run.push(*h),
+            &mut dropped,
+        );
+        assert_eq!(run, vec![7]);
+        assert_eq!(dropped, vec![-1]);
         assert_eq!(gone, 0);
         assert!(!fw.has(fd, Direction::Write));
-        let mut out = Ready::default();
+        let mut dropped = Vec::new();
         fw.add(e, fd, Direction::Read, -2).unwrap();
-        assert_eq!(
-            fw.on_ready(e, (fd, true, false), |h| *h < 0, |h| *h, &mut out),
-            1
-        );
-        assert_eq!(out.dropped, vec![-2]);
+        let gone = fw.on_ready(e, (fd, true, false), |h| *h < 0, |_| (), &mut dropped);
+        assert_eq!(gone, 1);
+        assert_eq!(dropped, vec![-2]);
         assert!(fw.is_empty());
     }
 

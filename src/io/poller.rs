@@ -46,9 +46,12 @@ pub struct PollOutcome {
     pub interrupted: bool,
     /// The signal wakeup fd is readable: signal numbers are waiting.
     pub signal_ready: bool,
-    /// User fds that are ready: `(fd, read, write)` in selectors' terms.
-    pub io: Vec<(RawFd, bool, bool)>,
+    /// Events of any kind the poll returned.
+    pub events: usize,
 }
+
+/// A ready user fd: `(fd, read, write)` in selectors' terms.
+pub type IoEvent = (RawFd, bool, bool);
 
 impl Poller {
     pub fn new() -> io::Result<Self> {
@@ -150,8 +153,12 @@ impl Poller {
     }
 
     /// Polls the OS once. `timeout` of `None` blocks until an event, the
-    /// waker or the armed timer.
-    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<PollOutcome> {
+    /// waker or the armed timer. Ready user fds are appended to `io`.
+    pub fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        io: &mut Vec<IoEvent>,
+    ) -> io::Result<PollOutcome> {
         let mut outcome = PollOutcome::default();
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -162,6 +169,7 @@ impl Poller {
             Err(e) => return Err(e),
         }
         for ev in self.events.iter() {
+            outcome.events += 1;
             match ev.token() {
                 // The expiry is consumed by re-arming; note it is disarmed.
                 TIMER_TOKEN => self.armed = f64::NAN,
@@ -174,7 +182,7 @@ impl Poller {
                         let other = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
                         let read = ev.is_readable() || ev.is_priority() || other;
                         let write = ev.is_writable() || ev.is_priority() || other;
-                        outcome.io.push((fd, read, write));
+                        io.push((fd, read, write));
                     }
                 }
             }
