@@ -88,6 +88,8 @@ pub struct EventLoop {
     pub(crate) task_factory: Mutex<Option<Py<PyAny>>>,
     /// Ready user fds of the current tick (a buffer reused by the loop thread).
     pub(crate) io_events: Mutex<Vec<IoEvent>>,
+    /// The last poll returned user fd events (see `wait_for_work`).
+    pub(crate) io_busy: AtomicBool,
     fork_generation: u64,
     creator_pid: u32,
 }
@@ -112,6 +114,7 @@ impl EventLoop {
             io_sources: AtomicUsize::new(0),
             task_factory: Mutex::new(None),
             io_events: Mutex::new(Vec::new()),
+            io_busy: AtomicBool::new(false),
             fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
             creator_pid: std::process::id(),
         })

@@ -123,17 +123,18 @@ impl EventLoop {
             self.sleeping.store(false, Ordering::SeqCst);
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         };
-        if must_poll_io {
-            // NOTE: with I/O in flight, the next event is often already
-            // there: a zero-timeout poll finds it without releasing and
-            // re-taking the GIL (a mutex, a condition variable and often a
-            // futex wake-up each way).
+        if must_poll_io && self.io_busy.load(Ordering::Relaxed) {
+            // NOTE: while I/O keeps coming (the last poll had user fd
+            // events), the next event is often already there: a zero-timeout
+            // poll finds it without releasing and re-taking the GIL. An idle
+            // loop goes straight to the blocking poll.
             let outcome = poller.poll(Some(Duration::ZERO), io);
             if outcome
                 .as_ref()
                 .map_or(true, |o| o.events > 0 || o.interrupted)
             {
                 self.sleeping.store(false, Ordering::SeqCst);
+                self.io_busy.store(!io.is_empty(), Ordering::Relaxed);
                 return outcome.map_err(errors::os_error);
             }
         }
@@ -145,6 +146,7 @@ impl EventLoop {
         }
         let res = py.detach(|| poller.poll(None, io));
         self.sleeping.store(false, Ordering::SeqCst);
+        self.io_busy.store(!io.is_empty(), Ordering::Relaxed);
         res.map_err(errors::os_error)
     }
 
