@@ -9,6 +9,7 @@ mod handles;
 mod io;
 mod py;
 mod ready_queue;
+mod sock_io;
 mod timers;
 mod transports;
 
@@ -25,6 +26,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     freelist::install::<handles::TimerHandle>(m.py());
     event_loop::fastcall::install(m)?;
     transports::stream::install(m.py())?;
+    m.add_function(wrap_pyfunction!(sock_io::recv_nowait, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_io::send_nowait, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -17,6 +17,15 @@ import time
 from asyncio import constants, exceptions
 from asyncio.log import logger
 
+from ._ferroloop import recv_nowait as _recv_nowait
+from ._ferroloop import send_nowait as _send_nowait
+
+# NOTE: plain sockets (exactly this type) take the native non-blocking
+# calls, where "would block" is a return value instead of a BlockingIOError;
+# subclasses and stand-ins are called through their own methods, as asyncio
+# calls them.
+_PLAIN_SOCKET = socket.socket
+
 _HAS_IPV6 = hasattr(socket, "AF_INET6")
 
 
@@ -45,6 +54,21 @@ def _try_op(fut, sock, method, *args):
         fut.set_exception(exc)
     else:
         fut.set_result(result)
+
+
+def _recv_ready(fut, sock, n):
+    """sock_recv's watcher callback for a plain socket."""
+    if fut.done():
+        return
+    try:
+        data = _recv_nowait(sock.fileno(), n)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        fut.set_exception(exc)
+    else:
+        if data is not None:
+            fut.set_result(data)
 
 
 def _is_numeric_host(host):
@@ -90,6 +114,11 @@ class SocketsMixin:
         if handle is None or not handle.cancelled():
             self.remove_reader(fd)
 
+    def _sock_recv_done(self, fd, handle, fut):
+        # sock_recv's own reader on a plain socket: no transport to check.
+        if not handle.cancelled():
+            self._remove_reader(fd)
+
     def _sock_write_done(self, fd, fut, handle=None):
         if handle is None or not handle.cancelled():
             self.remove_writer(fd)
@@ -108,6 +137,19 @@ class SocketsMixin:
     async def sock_recv(self, sock, n):
         """Receive up to *n* bytes from *sock*."""
         _check_sock(self, sock)
+        if type(sock) is _PLAIN_SOCKET and type(n) is int and n >= 0:
+            fd = sock.fileno()
+            data = _recv_nowait(fd, n)
+            if data is not None:
+                return data
+            fut = self.create_future()
+            # _ensure_fd_no_transport on its common case: no transport at all.
+            ref = self._transports.data.get(fd)
+            if ref is not None and ref() is not None:
+                self._ensure_fd_no_transport(fd)
+            handle = self._add_reader(fd, _recv_ready, fut, sock, n)
+            fut.add_done_callback(functools.partial(self._sock_recv_done, fd, handle))
+            return await fut
         try:
             return sock.recv(n)
         except (BlockingIOError, InterruptedError):
@@ -148,10 +190,13 @@ class SocketsMixin:
     async def sock_sendall(self, sock, data):
         """Send all of *data*; None on success."""
         _check_sock(self, sock)
-        try:
-            n = sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
+        if type(sock) is _PLAIN_SOCKET and type(data) is bytes:
+            n = _send_nowait(sock.fileno(), data)
+        else:
+            try:
+                n = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
         if n == len(data):
             return None
         fut = self.create_future()

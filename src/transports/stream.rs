@@ -14,7 +14,6 @@
 //! whose finalizer writes to this transport): every method decides under
 //! the lock, releases it, then calls out.
 
-use std::cell::RefCell;
 use std::os::fd::RawFd;
 
 use parking_lot::Mutex;
@@ -34,12 +33,6 @@ use crate::io::fd_watchers::Direction;
 const MAX_READ: usize = 256 * 1024;
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-
-thread_local! {
-    /// One read buffer per loop thread: a read copies only what arrived into
-    /// the `bytes` handed to `data_received`.
-    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
-}
 
 /// Pending output: `data[sent..]`.
 #[derive(Default)]
@@ -434,13 +427,12 @@ impl StreamTransport {
     fn read_data(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let data = READ_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            match recv(this.fd, &mut buf) {
-                IoResult::Done(n) => Ok(Some(PyBytes::new(py, &buf[..n]))),
-                IoResult::WouldBlock => Ok(None),
-                IoResult::Failed(e) => Err(e),
-            }
+        // The thread's scratch buffer: only what arrived is copied into the
+        // `bytes` handed to data_received.
+        let data = crate::sock_io::with_scratch(MAX_READ, |buf| match recv(this.fd, buf) {
+            IoResult::Done(n) => Ok(Some(PyBytes::new(py, &buf[..n]))),
+            IoResult::WouldBlock => Ok(None),
+            IoResult::Failed(e) => Err(e),
         });
         let data = match data {
             Ok(Some(d)) => d,

@@ -1,0 +1,93 @@
+//! Non-blocking socket calls for `loop.sock_*`: one syscall, and "would
+//! block" is a return value, not an exception.
+//!
+//! NOTE: asyncio's `sock_recv` first tries `sock.recv(n)`; when no data is
+//! there yet (the usual case for a server waiting for its next request) that
+//! raises and catches a BlockingIOError, whose creation alone costs about a
+//! microsecond. `ferroloop._sockets` calls these instead for plain
+//! `socket.socket` objects (exactly that type: subclasses and stand-ins go
+//! through their own methods, as asyncio would call them).
+
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors;
+
+/// The largest read served from the per-thread scratch buffer (asyncio's
+/// transport `max_size`).
+pub const SCRATCH_SIZE: usize = 256 * 1024;
+
+thread_local! {
+    /// One read buffer per thread (in practice: per loop thread). A read
+    /// lands here and only what arrived is copied into a `bytes`.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch buffer of `n` bytes (`n <= SCRATCH_SIZE` reuses
+/// the thread's buffer; larger reads get their own).
+pub fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    if n > SCRATCH_SIZE {
+        return f(&mut vec![0u8; n]);
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < SCRATCH_SIZE {
+                buf.resize(SCRATCH_SIZE, 0);
+            }
+            f(&mut buf[..n])
+        }
+        // Re-entered (cannot happen: nothing calls Python in between).
+        Err(_) => f(&mut vec![0u8; n]),
+    })
+}
+
+/// What one non-blocking call did.
+enum Outcome {
+    Done(usize),
+    WouldBlock,
+}
+
+fn check(rc: isize) -> PyResult<Outcome> {
+    if rc >= 0 {
+        return Ok(Outcome::Done(rc as usize));
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Outcome::WouldBlock),
+        _ => Err(errors::os_error(err)),
+    }
+}
+
+/// `sock.recv(n)` on fd, or None if it would block.
+#[pyfunction]
+pub fn recv_nowait(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>>> {
+    with_scratch(n, |buf| {
+        // SAFETY: `buf` is a writable buffer of `buf.len()` bytes for the call.
+        let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        match check(rc)? {
+            Outcome::Done(got) => Ok(Some(PyBytes::new(py, &buf[..got]).unbind())),
+            Outcome::WouldBlock => Ok(None),
+        }
+    })
+}
+
+/// `sock.send(data)` on fd: the number of bytes sent (0 if it would block).
+#[pyfunction]
+pub fn send_nowait(fd: RawFd, data: &[u8]) -> PyResult<usize> {
+    // SAFETY: `data` is a readable buffer for the call.
+    let rc = unsafe {
+        libc::send(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    match check(rc)? {
+        Outcome::Done(sent) => Ok(sent),
+        Outcome::WouldBlock => Ok(0),
+    }
+}
