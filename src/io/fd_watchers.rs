@@ -326,6 +326,7 @@ mod tests {
         // SAFETY: plain syscall; the fd is checked and then owned.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         assert!(fd >= 0);
+        // SAFETY: a new fd from epoll_create1, owned by nothing else.
         unsafe { OwnedFd::from_raw_fd(fd) }
     }
 
@@ -336,6 +337,7 @@ mod tests {
             unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) },
             0
         );
+        // SAFETY: pipe2 succeeded, so both fds are new and owned by nothing else.
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
 
@@ -361,18 +363,16 @@ mod tests {
             .unwrap();
         assert!(old.is_none() && new);
         assert!(wait(&ep).is_empty());
-        assert_eq!(
-            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
-            1
-        );
+        // SAFETY: writes one byte from a static buffer to our pipe.
+        let wrote = unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(wrote, 1);
         // Not drained: reported again and again (edge-triggered would not).
         assert_eq!(wait(&ep).len(), 1);
         assert_eq!(wait(&ep).len(), 1);
         let mut buf = [0u8; 4];
-        assert_eq!(
-            unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), 4) },
-            1
-        );
+        // SAFETY: reads at most 4 bytes into a 4-byte buffer.
+        let read = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), 4) };
+        assert_eq!(read, 1);
         assert!(wait(&ep).is_empty());
     }
 
