@@ -53,6 +53,7 @@ MODULES = [
     "test_sendfile",
     "test_server",
     "test_buffered_proto",
+    "test_unix_events",
 ]
 
 CATEGORY = {  # child outcome -> reported category
