@@ -44,50 +44,61 @@ pub fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
     })
 }
 
-/// What one non-blocking call did.
-enum Outcome {
+/// What one non-blocking send/recv did.
+pub enum IoResult {
     Done(usize),
     WouldBlock,
+    Failed(std::io::Error),
 }
 
-fn check(rc: isize) -> PyResult<Outcome> {
+fn classify(rc: isize) -> IoResult {
     if rc >= 0 {
-        return Ok(Outcome::Done(rc as usize));
+        return IoResult::Done(rc as usize);
     }
     let err = std::io::Error::last_os_error();
     match err.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Outcome::WouldBlock),
-        _ => Err(errors::os_error(err)),
+        Some(libc::EAGAIN) | Some(libc::EINTR) => IoResult::WouldBlock,
+        _ => IoResult::Failed(err),
     }
 }
 
-/// `sock.recv(n)` on fd, or None if it would block.
-#[pyfunction]
-pub fn recv_nowait(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>>> {
-    with_scratch(n, |buf| {
-        // SAFETY: `buf` is a writable buffer of `buf.len()` bytes for the call.
-        let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        match check(rc)? {
-            Outcome::Done(got) => Ok(Some(PyBytes::new(py, &buf[..got]).unbind())),
-            Outcome::WouldBlock => Ok(None),
-        }
-    })
-}
-
-/// `sock.send(data)` on fd: the number of bytes sent (0 if it would block).
-#[pyfunction]
-pub fn send_nowait(fd: RawFd, data: &[u8]) -> PyResult<usize> {
-    // SAFETY: `data` is a readable buffer for the call.
-    let rc = unsafe {
+/// Non-blocking `send(2)` (no SIGPIPE).
+pub fn send(fd: RawFd, data: &[u8]) -> IoResult {
+    // SAFETY: `data` is a valid readable slice for the call; a bad fd is
+    // reported as EBADF.
+    classify(unsafe {
         libc::send(
             fd,
             data.as_ptr().cast(),
             data.len(),
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
-    };
-    match check(rc)? {
-        Outcome::Done(sent) => Ok(sent),
-        Outcome::WouldBlock => Ok(0),
+    })
+}
+
+/// Non-blocking `recv(2)`.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> IoResult {
+    // SAFETY: `buf` is a valid writable slice for the call; a bad fd is
+    // reported as EBADF.
+    classify(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+}
+
+/// `sock.recv(n)` on fd, or None if it would block.
+#[pyfunction]
+pub fn recv_nowait(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>>> {
+    with_scratch(n, |buf| match recv(fd, buf) {
+        IoResult::Done(got) => Ok(Some(PyBytes::new(py, &buf[..got]).unbind())),
+        IoResult::WouldBlock => Ok(None),
+        IoResult::Failed(e) => Err(errors::os_error(e)),
+    })
+}
+
+/// `sock.send(data)` on fd: the number of bytes sent (0 if it would block).
+#[pyfunction]
+pub fn send_nowait(fd: RawFd, data: &[u8]) -> PyResult<usize> {
+    match send(fd, data) {
+        IoResult::Done(sent) => Ok(sent),
+        IoResult::WouldBlock => Ok(0),
+        IoResult::Failed(e) => Err(errors::os_error(e)),
     }
 }

@@ -124,7 +124,7 @@ impl EventLoop {
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, Handle>> {
-        Self::add_watch(slf, fd, Direction::Read, callback, args)
+        Self::add_watch_fileobj(slf, fd, Direction::Read, callback, args)
     }
 
     /// asyncio's `_add_writer`.
@@ -135,17 +135,17 @@ impl EventLoop {
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, Handle>> {
-        Self::add_watch(slf, fd, Direction::Write, callback, args)
+        Self::add_watch_fileobj(slf, fd, Direction::Write, callback, args)
     }
 
     /// asyncio's `_remove_reader`.
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_watch(slf, fd, Direction::Read)
+        Self::remove_watch_fileobj(slf, fd, Direction::Read)
     }
 
     /// asyncio's `_remove_writer`.
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_watch(slf, fd, Direction::Write)
+        Self::remove_watch_fileobj(slf, fd, Direction::Write)
     }
 
     /// asyncio's `_add_callback_signalsafe`: queue an existing handle unless

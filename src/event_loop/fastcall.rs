@@ -190,21 +190,69 @@ unsafe fn event_loop<'a, 'py>(
     unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<EventLoop>() }
 }
 
+/// The body of a `name(<fixed>, *args, context=None)` method of EventLoop:
+/// vectorcall arguments parsed, then `f`.
+///
+/// # Safety
+/// Called from a METH_FASTCALL|METH_KEYWORDS method of EventLoop, with the
+/// GIL held and vectorcall's argument contract.
+unsafe fn scheduling_method<const N: usize>(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    name: &str,
+    fixed_names: [&str; N],
+    f: impl for<'py> FnOnce(&Borrowed<'_, 'py, EventLoop>, Args<'py, N>) -> PyResult<Bound<'py, PyAny>>,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the contract, forwarded to `parse` and `event_loop`.
+    unsafe {
+        guard(|py| {
+            let a = parse(py, name, fixed_names, args, nargs, kwnames)?;
+            Ok(f(&event_loop(py, slf), a)?.into_ptr())
+        })
+    }
+}
+
+/// The body of a no-argument method of `T` that returns None.
+///
+/// # Safety
+/// Called from a METH_NOARGS method of `T` (the method descriptor checked
+/// that `slf` is one), with the GIL held.
+pub(crate) unsafe fn method_returning_none<T: pyo3::PyClass>(
+    slf: *mut ffi::PyObject,
+    f: impl for<'py> FnOnce(&Borrowed<'_, 'py, T>) -> PyResult<()>,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the contract.
+    unsafe {
+        guard(|py| {
+            f(&Borrowed::from_ptr(py, slf).cast_unchecked::<T>())?;
+            Ok(py.None().into_ptr())
+        })
+    }
+}
+
 unsafe extern "C" fn call_soon(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: called by CPython as a METH_FASTCALL|METH_KEYWORDS method of
-    // EventLoop, with the GIL held and vectorcall's argument contract.
+    // SAFETY: CPython calls this as a METH_FASTCALL|METH_KEYWORDS method of
+    // EventLoop (see `install`); so for the three below.
     unsafe {
-        guard(|py| {
-            let a = parse(py, "call_soon", ["callback"], args, nargs, kwnames)?;
-            let lp = event_loop(py, slf);
-            let h = EventLoop::schedule_soon(&lp, a.fixed(0), a.rest, a.context, false)?;
-            Ok(h.into_ptr())
-        })
+        scheduling_method(
+            slf,
+            args,
+            nargs,
+            kwnames,
+            "call_soon",
+            ["callback"],
+            |lp, a| {
+                let h = EventLoop::schedule_soon(lp, a.fixed(0), a.rest, a.context, false)?;
+                Ok(h.into_any())
+            },
+        )
     }
 }
 
@@ -214,20 +262,12 @@ unsafe extern "C" fn call_soon_threadsafe(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    let name = "call_soon_threadsafe";
     // SAFETY: as for `call_soon`.
     unsafe {
-        guard(|py| {
-            let a = parse(
-                py,
-                "call_soon_threadsafe",
-                ["callback"],
-                args,
-                nargs,
-                kwnames,
-            )?;
-            let lp = event_loop(py, slf);
-            let h = EventLoop::schedule_soon(&lp, a.fixed(0), a.rest, a.context, true)?;
-            Ok(h.into_ptr())
+        scheduling_method(slf, args, nargs, kwnames, name, ["callback"], |lp, a| {
+            let h = EventLoop::schedule_soon(lp, a.fixed(0), a.rest, a.context, true)?;
+            Ok(h.into_any())
         })
     }
 }
@@ -238,20 +278,12 @@ unsafe extern "C" fn call_later(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    let fixed = ["delay", "callback"];
     // SAFETY: as for `call_soon`.
     unsafe {
-        guard(|py| {
-            let a = parse(
-                py,
-                "call_later",
-                ["delay", "callback"],
-                args,
-                nargs,
-                kwnames,
-            )?;
-            let lp = event_loop(py, slf);
-            let t = EventLoop::call_later_impl(&lp, &a.fixed(0), a.fixed(1), a.rest, a.context)?;
-            Ok(t.into_ptr())
+        scheduling_method(slf, args, nargs, kwnames, "call_later", fixed, |lp, a| {
+            let t = EventLoop::call_later_impl(lp, &a.fixed(0), a.fixed(1), a.rest, a.context)?;
+            Ok(t.into_any())
         })
     }
 }
@@ -262,13 +294,12 @@ unsafe extern "C" fn call_at(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    let fixed = ["when", "callback"];
     // SAFETY: as for `call_soon`.
     unsafe {
-        guard(|py| {
-            let a = parse(py, "call_at", ["when", "callback"], args, nargs, kwnames)?;
-            let lp = event_loop(py, slf);
-            let t = EventLoop::call_at_obj(&lp, &a.fixed(0), a.fixed(1), a.rest, a.context)?;
-            Ok(t.into_ptr())
+        scheduling_method(slf, args, nargs, kwnames, "call_at", fixed, |lp, a| {
+            let t = EventLoop::call_at_obj(lp, &a.fixed(0), a.fixed(1), a.rest, a.context)?;
+            Ok(t.into_any())
         })
     }
 }
@@ -365,28 +396,16 @@ unsafe extern "C" fn handle_cancel(
     slf: *mut ffi::PyObject,
     _: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: METH_NOARGS method of Handle (the descriptor checked the type).
-    unsafe {
-        guard(|py| {
-            let h = Borrowed::from_ptr(py, slf).cast_unchecked::<Handle>();
-            Handle::cancel_once(&h)?;
-            Ok(py.None().into_ptr())
-        })
-    }
+    // SAFETY: METH_NOARGS method of Handle, GIL held.
+    unsafe { method_returning_none::<Handle>(slf, |h| Handle::cancel_once(h).map(drop)) }
 }
 
 unsafe extern "C" fn timer_handle_cancel(
     slf: *mut ffi::PyObject,
     _: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: METH_NOARGS method of TimerHandle (the descriptor checked it).
-    unsafe {
-        guard(|py| {
-            let t = Borrowed::from_ptr(py, slf).cast_unchecked::<TimerHandle>();
-            TimerHandle::cancel_timer(&t)?;
-            Ok(py.None().into_ptr())
-        })
-    }
+    // SAFETY: METH_NOARGS method of TimerHandle, GIL held.
+    unsafe { method_returning_none::<TimerHandle>(slf, |t| TimerHandle::cancel_timer(t)) }
 }
 
 const FASTCALL_KW: c_int = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;

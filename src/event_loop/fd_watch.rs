@@ -49,11 +49,36 @@ pub(crate) fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 
 impl EventLoop {
     /// asyncio's `_add_reader` / `_add_writer`: registers `callback(*args)`
-    /// for `fileobj` and returns its handle; a callback it replaces is
-    /// cancelled.
-    pub(crate) fn add_watch<'py>(
+    /// for `fileobj` (checking, as asyncio, that the loop is open first).
+    pub(crate) fn add_watch_fileobj<'py>(
         slf: &Bound<'py, Self>,
         fileobj: &Bound<'py, PyAny>,
+        dir: Direction,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        slf.get().check_usable()?;
+        Self::add_watch(slf, fileobj_to_fd(fileobj)?, dir, callback, args)
+    }
+
+    /// asyncio's `_remove_reader` / `_remove_writer` for `fileobj` (a closed
+    /// loop answers False before looking at it, as asyncio does).
+    pub(crate) fn remove_watch_fileobj(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        dir: Direction,
+    ) -> PyResult<bool> {
+        if slf.get().closed_flag() {
+            return Ok(false);
+        }
+        Self::remove_watch(slf, fileobj_to_fd(fileobj)?, dir)
+    }
+
+    /// Registers `callback(*args)` for `fd` and returns its handle; a
+    /// callback it replaces is cancelled.
+    pub(crate) fn add_watch<'py>(
+        slf: &Bound<'py, Self>,
+        fd: RawFd,
         dir: Direction,
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
@@ -61,7 +86,6 @@ impl EventLoop {
         let py = slf.py();
         let this = slf.get();
         this.check_usable()?;
-        let fd = fileobj_to_fd(fileobj)?;
         let handle = Bound::new(py, Self::make_handle(slf, callback, args, None)?)?;
         // Long-lived and shared with the caller: the GC must see it.
         handles::track(handle.as_any());
@@ -83,19 +107,11 @@ impl EventLoop {
         Ok(handle)
     }
 
-    /// asyncio's `_remove_reader` / `_remove_writer`: whether a callback was
-    /// registered (it is cancelled).
-    pub(crate) fn remove_watch(
-        slf: &Bound<'_, Self>,
-        fileobj: &Bound<'_, PyAny>,
-        dir: Direction,
-    ) -> PyResult<bool> {
+    /// Removes the callback for `fd`: whether one was registered (it is
+    /// cancelled).
+    pub(crate) fn remove_watch(slf: &Bound<'_, Self>, fd: RawFd, dir: Direction) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
-        if this.closed_flag() {
-            return Ok(false);
-        }
-        let fd = fileobj_to_fd(fileobj)?;
         let (old, gone) = {
             let mut core = this.core.lock();
             if this.closed_flag() {

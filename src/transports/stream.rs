@@ -26,8 +26,10 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors;
+use crate::event_loop::fastcall::method_returning_none;
 use crate::event_loop::EventLoop;
 use crate::io::fd_watchers::Direction;
+use crate::sock_io::{recv, send, IoResult};
 
 /// asyncio's `max_size`: the most one read takes from the socket.
 const MAX_READ: usize = 256 * 1024;
@@ -107,6 +109,16 @@ struct State {
     sock: Option<Py<PyAny>>,
 }
 
+impl State {
+    /// The "registered with the loop" flag of the reader or the writer.
+    fn registered(&mut self, dir: Direction) -> &mut bool {
+        match dir {
+            Direction::Read => &mut self.reading,
+            Direction::Write => &mut self.writing,
+        }
+    }
+}
+
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
 pub struct StreamTransport {
     event_loop: Py<EventLoop>,
@@ -150,35 +162,6 @@ fn read_callbacks(protocol: &Bound<'_, PyAny>) -> PyResult<ReadCallbacks> {
     } else {
         (false, bind(intern!(py, "data_received")), None, None)
     })
-}
-
-/// What a failed send/recv means to the caller.
-enum IoResult {
-    Done(usize),
-    WouldBlock,
-    Failed(std::io::Error),
-}
-
-fn classify(rc: isize) -> IoResult {
-    if rc >= 0 {
-        return IoResult::Done(rc as usize);
-    }
-    let err = std::io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EINTR) => IoResult::WouldBlock,
-        _ => IoResult::Failed(err),
-    }
-}
-
-fn send(fd: RawFd, data: &[u8]) -> IoResult {
-    // SAFETY: `data` is a valid readable slice for the call; `fd` is the
-    // transport's socket, kept open by the socket object we hold.
-    classify(unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) })
-}
-
-fn recv(fd: RawFd, buf: &mut [u8]) -> IoResult {
-    // SAFETY: `buf` is a valid writable slice for the call; `fd` as above.
-    classify(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) })
 }
 
 /// Borrows the bytes of a bytes / bytearray / memoryview (asyncio's types).
@@ -250,70 +233,41 @@ impl StreamTransport {
             .map(|p| p.bind(py).clone())
     }
 
-    fn callback(
-        slot: &Mutex<Option<Py<PyAny>>>,
-        slf: &Bound<'_, Self>,
-        name: &Bound<'_, pyo3::types::PyString>,
-    ) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        if let Some(cb) = slot.lock().as_ref() {
-            return Ok(cb.clone_ref(py));
-        }
-        let cb = slf.getattr(name)?.unbind();
-        *slot.lock() = Some(cb.clone_ref(py));
-        Ok(cb)
-    }
-
-    fn add_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Registers the reader (`_read_ready`) or writer (`_write_ready`)
+    /// callback with the loop, unless it already is.
+    fn watch(slf: &Bound<'_, Self>, dir: Direction) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let cb = Self::callback(&this.read_ready, slf, intern!(py, "_read_ready"))?;
-        let fd = this.fd.into_pyobject(py)?;
+        let (slot, name) = match dir {
+            Direction::Read => (&this.read_ready, intern!(py, "_read_ready")),
+            Direction::Write => (&this.write_ready, intern!(py, "_write_ready")),
+        };
+        let cached = slot.lock().as_ref().map(|cb| cb.clone_ref(py));
+        let cb = match cached {
+            Some(cb) => cb.into_bound(py),
+            None => {
+                let cb = slf.getattr(name)?;
+                *slot.lock() = Some(cb.clone().unbind());
+                cb
+            }
+        };
         EventLoop::add_watch(
             this.event_loop.bind(py),
-            fd.as_any(),
-            Direction::Read,
-            cb.into_bound(py),
+            this.fd,
+            dir,
+            cb,
             PyTuple::empty(py),
         )?;
-        this.state.lock().reading = true;
+        *this.state.lock().registered(dir) = true;
         Ok(())
     }
 
-    fn remove_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
+    /// Unregisters the reader or writer callback, if registered.
+    fn unwatch(slf: &Bound<'_, Self>, dir: Direction) -> PyResult<()> {
         let this = slf.get();
-        let was = std::mem::replace(&mut this.state.lock().reading, false);
+        let was = std::mem::replace(this.state.lock().registered(dir), false);
         if was {
-            let fd = this.fd.into_pyobject(py)?;
-            EventLoop::remove_watch(this.event_loop.bind(py), fd.as_any(), Direction::Read)?;
-        }
-        Ok(())
-    }
-
-    fn add_writer(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let cb = Self::callback(&this.write_ready, slf, intern!(py, "_write_ready"))?;
-        let fd = this.fd.into_pyobject(py)?;
-        EventLoop::add_watch(
-            this.event_loop.bind(py),
-            fd.as_any(),
-            Direction::Write,
-            cb.into_bound(py),
-            PyTuple::empty(py),
-        )?;
-        this.state.lock().writing = true;
-        Ok(())
-    }
-
-    fn remove_writer(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let was = std::mem::replace(&mut this.state.lock().writing, false);
-        if was {
-            let fd = this.fd.into_pyobject(py)?;
-            EventLoop::remove_watch(this.event_loop.bind(py), fd.as_any(), Direction::Write)?;
+            EventLoop::remove_watch(this.event_loop.bind(slf.py()), this.fd, dir)?;
         }
         Ok(())
     }
@@ -357,10 +311,10 @@ impl StreamTransport {
             (had_buffer, was_closing)
         };
         if had_buffer {
-            Self::remove_writer(slf)?;
+            Self::unwatch(slf, Direction::Write)?;
         }
         if !was_closing {
-            Self::remove_reader(slf)?;
+            Self::unwatch(slf, Direction::Read)?;
         }
         let lost = slf.getattr(intern!(py, "_call_connection_lost"))?;
         let exc = exc.unwrap_or_else(|| py.None());
@@ -603,7 +557,7 @@ impl StreamTransport {
             !st.closing && !st.paused && !st.reading
         };
         if reading {
-            Self::add_reader(slf)?;
+            Self::watch(slf, Direction::Read)?;
         }
         Ok(())
     }
@@ -671,7 +625,7 @@ impl StreamTransport {
             }
             st.paused = true;
         }
-        Self::remove_reader(slf)?;
+        Self::unwatch(slf, Direction::Read)?;
         Ok(true)
     }
 
@@ -684,13 +638,13 @@ impl StreamTransport {
             }
             st.paused = false;
         }
-        Self::add_reader(slf)?;
+        Self::watch(slf, Direction::Read)?;
         Ok(true)
     }
 
     /// Stops reading for good (`eof_received()` returned true).
     fn _stop_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::remove_reader(slf)
+        Self::unwatch(slf, Direction::Read)
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -707,9 +661,9 @@ impl StreamTransport {
             }
             empty
         };
-        Self::remove_reader(slf)?;
+        Self::unwatch(slf, Direction::Read)?;
         if lose_now {
-            Self::remove_writer(slf)?;
+            Self::unwatch(slf, Direction::Write)?;
             let lost = slf.getattr(intern!(py, "_call_connection_lost"))?;
             Self::call_soon(slf, lost, PyTuple::new(py, [py.None()])?)?;
         }
@@ -956,7 +910,7 @@ impl StreamTransport {
             }
         };
         if let Err(e) = outcome {
-            Self::remove_writer(slf)?;
+            Self::unwatch(slf, Direction::Write)?;
             let err = errors::os_error(e);
             let value = err.value(py).clone().into_any();
             Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
@@ -985,7 +939,7 @@ impl StreamTransport {
         if !drained {
             return Ok(());
         }
-        Self::remove_writer(slf)?;
+        Self::unwatch(slf, Direction::Write)?;
         if let Some(w) = waiter {
             w.bind(py)
                 .call_method1(intern!(py, "set_result"), (py.None(),))?;
@@ -1057,7 +1011,7 @@ impl StreamTransport {
             ),
             Next::Buffered { register } => {
                 if register {
-                    Self::add_writer(slf)?;
+                    Self::watch(slf, Direction::Write)?;
                 }
                 Self::maybe_pause_protocol(slf)
             }
@@ -1086,13 +1040,7 @@ unsafe extern "C" fn fast_read_ready(
     _: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: METH_NOARGS method of StreamTransport, GIL held.
-    unsafe {
-        crate::event_loop::fastcall::guard(|py| {
-            let t = Borrowed::from_ptr(py, slf).cast_unchecked::<StreamTransport>();
-            StreamTransport::read_ready(&t)?;
-            Ok(py.None().into_ptr())
-        })
-    }
+    unsafe { method_returning_none::<StreamTransport>(slf, |t| StreamTransport::read_ready(t)) }
 }
 
 unsafe extern "C" fn fast_write_ready(
@@ -1100,13 +1048,7 @@ unsafe extern "C" fn fast_write_ready(
     _: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: METH_NOARGS method of StreamTransport, GIL held.
-    unsafe {
-        crate::event_loop::fastcall::guard(|py| {
-            let t = Borrowed::from_ptr(py, slf).cast_unchecked::<StreamTransport>();
-            StreamTransport::write_ready(&t)?;
-            Ok(py.None().into_ptr())
-        })
-    }
+    unsafe { method_returning_none::<StreamTransport>(slf, |t| StreamTransport::write_ready(t)) }
 }
 
 unsafe extern "C" fn fast_write(
