@@ -123,8 +123,13 @@ class SocketsMixin:
         if handle is None or not handle.cancelled():
             self.remove_writer(fd)
 
-    async def _sock_wait_readable(self, sock, method, *args):
-        """Wait until ``sock.<method>(*args)`` stops raising BlockingIOError."""
+    async def _sock_read(self, sock, method, *args):
+        """``sock.<method>(*args)`` now if it does not block, else once the
+        socket is readable (asyncio's try-first, then wait)."""
+        try:
+            return getattr(sock, method)(*args)
+        except (BlockingIOError, InterruptedError):
+            pass
         fut = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
@@ -150,40 +155,24 @@ class SocketsMixin:
             handle = self._add_reader(fd, _recv_ready, fut, sock, n)
             fut.add_done_callback(functools.partial(self._sock_recv_done, fd, handle))
             return await fut
-        try:
-            return sock.recv(n)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._sock_wait_readable(sock, "recv", n)
+        return await self._sock_read(sock, "recv", n)
 
     async def sock_recv_into(self, sock, buf):
         """Receive data from *sock* into *buf*; return the number of bytes."""
         _check_sock(self, sock)
-        try:
-            return sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._sock_wait_readable(sock, "recv_into", buf)
+        return await self._sock_read(sock, "recv_into", buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram: ``(data, address)``."""
         _check_sock(self, sock)
-        try:
-            return sock.recvfrom(bufsize)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._sock_wait_readable(sock, "recvfrom", bufsize)
+        return await self._sock_read(sock, "recvfrom", bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into *buf*: ``(nbytes, address)``."""
         _check_sock(self, sock)
         if not nbytes:
             nbytes = len(buf)
-        try:
-            return sock.recvfrom_into(buf, nbytes)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._sock_wait_readable(sock, "recvfrom_into", buf, nbytes)
+        return await self._sock_read(sock, "recvfrom_into", buf, nbytes)
 
     # -- sending --------------------------------------------------------------
 
@@ -481,12 +470,12 @@ class SocketsMixin:
 class _SendfileState:
     """Progress of one native sock_sendfile."""
 
-    __slots__ = ("blocksize", "count", "fileno", "offset", "sock", "start", "total_sent")
+    __slots__ = ("blocksize", "count", "fileno", "offset", "sock", "total_sent")
 
     def __init__(self, sock, fileno, offset, count, blocksize):
         self.sock = sock
         self.fileno = fileno
-        self.start = self.offset = offset
+        self.offset = offset
         self.count = count
         self.blocksize = blocksize
         self.total_sent = 0
