@@ -10,7 +10,6 @@ Reports median, min, max and IQR over the rounds, plus the ratio to uvloop
 
 import argparse
 import importlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -21,26 +20,11 @@ import sys
 
 sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 _worker = importlib.import_module("_worker")
+from _report import csv, version
+
 BENCHES, LOOPS = _worker.BENCHES, _worker.LOOPS
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
-
-
-def csv(value, valid):
-    names = [s.strip() for s in value.split(",") if s.strip()]
-    bad = [s for s in names if s not in valid]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(valid)}")
-    return names
-
-
-def version(name):
-    if name == "asyncio":
-        return "CPython " + platform.python_version()
-    try:
-        return f"{name} {importlib.metadata.version(name)}"
-    except importlib.metadata.PackageNotFoundError:
-        return name
 
 
 def sample(bench, loop, args):

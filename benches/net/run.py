@@ -15,7 +15,6 @@ uvloop) and, for echo benchmarks, the ratio to the native ceiling.
 
 import argparse
 import fnmatch
-import importlib.metadata
 import json
 import os
 import platform
@@ -32,6 +31,10 @@ import time
 
 sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 from server import HTTP_BODY  # benches/net/ is sys.path[0]
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _report import csv  # benches/_report.py
+from _report import version as package_version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "server.py")
@@ -108,22 +111,13 @@ def select_benches(value):
 
 
 def select_loops(value):
-    names = [s.strip() for s in value.split(",") if s.strip()]
-    bad = [s for s in names if s not in LOOPS]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(LOOPS)}")
-    return names
+    return csv(value, LOOPS)
 
 
 def version(name):
-    if name == "asyncio":
-        return "CPython " + platform.python_version()
     if name == "native":
         return "native (Rust, epoll)"
-    try:
-        return f"{name} {importlib.metadata.version(name)}"
-    except importlib.metadata.PackageNotFoundError:
-        return name
+    return package_version(name)
 
 
 class SampleError(Exception):
@@ -535,108 +529,74 @@ def tables(results, plan, markdown):
             return "-"
         return f"{(base / x if invert else x / base):.2f}x"
 
-    # echo
-    rows = []
-    for bench, loops in plan:
-        spec = BENCHES[bench]
-        if spec["type"] != "echo":
-            continue
-        for lp in loops:
-            ss = results[bench][lp]
-            if not ss:
-                rows.append([bench, lp, "FAIL"] + [""] * 8)
+    def section(kind, head, extra, note=None):
+        """One table: the common columns, then extra(bench, loop, samples, median)."""
+        rows = []
+        for bench, loops in plan:
+            if BENCHES[bench]["type"] != kind:
                 continue
-            m, lo, hi, iqr = stats([s["value"] for s in ss])
-            base = med.get((bench, "uvloop"))
-            ceil = med.get((spec["ceiling"], "native"))
-            rows.append(
-                [
-                    bench,
-                    lp,
-                    num(m),
-                    num(lo),
-                    num(hi),
-                    num(iqr),
-                    num(med_of(ss, "p99_us")),
-                    num(med_of(ss, "server_cpu"), "{:.2f}"),
-                    gen_cell(med_of(ss, "gen_cpu")),
-                    "-" if lp == "native" else ratio(m, base),
-                    "-" if lp == "native" else ratio(m, ceil),
-                ]
-            )
-    if rows:
-        head = ["benchmark", "loop", "round trips/s", "min", "max", "IQR", "p99 µs"]
-        head += ["server CPU", "gen CPU", "vs uvloop", "vs native"]
-        out.append(render(head, rows, markdown))
-        if any(r[8].endswith("*") for r in rows):
-            out[-1] += (
-                f"\n\n{SATURATED_NOTE}: the load generator's CPU was (nearly) saturated "
-                "too, so the rate is partly the generator's limit (a lower bound for "
-                "that server); the kernel's loopback TCP work is shared between both sides."
-            )
+            for lp in loops:
+                ss = results[bench][lp]
+                if not ss:
+                    rows.append([bench, lp, "FAIL"] + [""] * (len(head) - 3))
+                    continue
+                m, lo, hi, iqr = stats([s["value"] for s in ss])
+                rows.append(
+                    [bench, lp, num(m), num(lo), num(hi), num(iqr)] + extra(bench, lp, ss, m)
+                )
+        if rows:
+            out.append(render(head, rows, markdown))
+            if note and any(r[8].endswith("*") for r in rows):
+                out[-1] += "\n\n" + note
 
-    # http
-    rows = []
-    for bench, loops in plan:
-        if BENCHES[bench]["type"] != "http":
-            continue
-        for lp in loops:
-            ss = results[bench][lp]
-            if not ss:
-                rows.append([bench, lp, "FAIL"] + [""] * 7)
-                continue
-            m, lo, hi, iqr = stats([s["value"] for s in ss])
-            rows.append(
-                [
-                    bench,
-                    lp,
-                    num(m),
-                    num(lo),
-                    num(hi),
-                    num(iqr),
-                    num(med_of(ss, "p99_ms"), "{:.2f}"),
-                    num(med_of(ss, "server_cpu"), "{:.2f}"),
-                    gen_cell(med_of(ss, "gen_cpu")),
-                    ratio(m, med.get((bench, "uvloop"))),
-                ]
-            )
-    if rows:
-        head = ["benchmark", "loop", "requests/s", "min", "max", "IQR", "p99 ms"]
-        head += ["server CPU", "wrk CPU", "vs uvloop"]
-        out.append(render(head, rows, markdown))
-        if any(r[8].endswith("*") for r in rows):
-            out[-1] += (
-                f"\n\nwrk CPU marked * (>= {SATURATED:.2f}): wrk's one CPU was (nearly) "
-                "saturated, so the rate is partly wrk's limit (a lower bound for that server)."
-            )
+    def echo_cells(bench, lp, ss, m):
+        base = med.get((bench, "uvloop"))
+        ceil = med.get((BENCHES[bench]["ceiling"], "native"))
+        return [
+            num(med_of(ss, "p99_us")),
+            num(med_of(ss, "server_cpu"), "{:.2f}"),
+            gen_cell(med_of(ss, "gen_cpu")),
+            "-" if lp == "native" else ratio(m, base),
+            "-" if lp == "native" else ratio(m, ceil),
+        ]
 
-    # idle
-    rows = []
-    for bench, loops in plan:
-        if BENCHES[bench]["type"] != "idle":
-            continue
-        for lp in loops:
-            ss = results[bench][lp]
-            if not ss:
-                rows.append([bench, lp, "FAIL"] + [""] * 5)
-                continue
-            m, lo, hi, iqr = stats([s["value"] for s in ss])
-            rows.append(
-                [
-                    bench,
-                    lp,
-                    num(m),
-                    num(lo),
-                    num(hi),
-                    num(iqr),
-                    num(med_of(ss, "peak_kib") and med_of(ss, "peak_kib") / 1024, "{:.1f}"),
-                    ratio(m, med.get((bench, "uvloop")), invert=True),
-                ]
-            )
-    if rows:
-        head = ["benchmark", "loop", "bytes/conn", "min", "max", "IQR", "peak RSS MiB"]
-        head += ["vs uvloop"]
-        out.append(render(head, rows, markdown))
+    def http_cells(bench, lp, ss, m):
+        return [
+            num(med_of(ss, "p99_ms"), "{:.2f}"),
+            num(med_of(ss, "server_cpu"), "{:.2f}"),
+            gen_cell(med_of(ss, "gen_cpu")),
+            ratio(m, med.get((bench, "uvloop"))),
+        ]
+
+    def idle_cells(bench, lp, ss, m):
+        peak = med_of(ss, "peak_kib")
+        return [
+            num(peak and peak / 1024, "{:.1f}"),
+            ratio(m, med.get((bench, "uvloop")), invert=True),
+        ]
+
+    section(
+        "echo",
+        ["benchmark", "loop", "round trips/s", "min", "max", "IQR", "p99 µs"]
+        + ["server CPU", "gen CPU", "vs uvloop", "vs native"],
+        echo_cells,
+        f"{SATURATED_NOTE}: the load generator's CPU was (nearly) saturated "
+        "too, so the rate is partly the generator's limit (a lower bound for "
+        "that server); the kernel's loopback TCP work is shared between both sides.",
+    )
+    section(
+        "http",
+        ["benchmark", "loop", "requests/s", "min", "max", "IQR", "p99 ms"]
+        + ["server CPU", "wrk CPU", "vs uvloop"],
+        http_cells,
+        f"wrk CPU marked * (>= {SATURATED:.2f}): wrk's one CPU was (nearly) "
+        "saturated, so the rate is partly wrk's limit (a lower bound for that server).",
+    )
+    section(
+        "idle",
+        ["benchmark", "loop", "bytes/conn", "min", "max", "IQR", "peak RSS MiB", "vs uvloop"],
+        idle_cells,
+    )
     return "\n\n".join(out)
 
 
