@@ -346,70 +346,16 @@ fn fail(msg: &str) -> ! {
     exit(1)
 }
 
-#[cfg_attr(target_arch = "x86_64", repr(C, packed))]
-#[cfg_attr(not(target_arch = "x86_64"), repr(C))]
-#[derive(Clone, Copy)]
-struct EpollEvent {
-    events: u32,
-    data: u64,
-}
+#[path = "../../epoll.rs"]
+mod epoll;
+use epoll::{
+    Epoll, EpollEvent, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLL_CTL_ADD, EPOLL_CTL_DEL,
+    EPOLL_CTL_MOD,
+};
 
-extern "C" {
-    fn epoll_create1(flags: c_int) -> c_int;
-    fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut EpollEvent) -> c_int;
-    fn epoll_wait(epfd: c_int, events: *mut EpollEvent, maxevents: c_int, timeout: c_int) -> c_int;
-}
-
-const EPOLL_CLOEXEC: c_int = 0o2000000;
-const EPOLL_CTL_ADD: c_int = 1;
-const EPOLL_CTL_DEL: c_int = 2;
-const EPOLL_CTL_MOD: c_int = 3;
-const EPOLLIN: u32 = 0x1;
-const EPOLLOUT: u32 = 0x4;
-const EPOLLERR: u32 = 0x8;
-const EPOLLHUP: u32 = 0x10;
-
-/// A level-triggered epoll instance (closed on drop).
-struct Epoll(std::os::fd::OwnedFd);
-
-impl Epoll {
-    fn new() -> Result<Epoll, String> {
-        // SAFETY: plain syscall; the fd is owned from here on.
-        let fd = unsafe { epoll_create1(EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(format!("epoll_create1: {}", io::Error::last_os_error()));
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        Ok(Epoll(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
-    }
-    fn ctl(&self, op: c_int, fd: RawFd, events: u32, data: u64) -> Result<(), String> {
-        let mut ev = EpollEvent { events, data };
-        // SAFETY: valid epoll fd and event pointer.
-        if unsafe { epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) } < 0 {
-            return Err(format!("epoll_ctl: {}", io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-    fn wait(&self, events: &mut [EpollEvent], timeout_ms: c_int) -> Result<usize, String> {
-        loop {
-            // SAFETY: the buffer holds events.len() entries.
-            let n = unsafe {
-                epoll_wait(
-                    self.0.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    events.len() as c_int,
-                    timeout_ms,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(format!("epoll_wait: {err}"));
-            }
-        }
-    }
+/// Epoll errors as the generator reports them.
+fn epoll_err(what: &str) -> impl FnOnce(io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
 }
 
 /// One connection of echo mode: the message in flight and how far it got.
@@ -453,7 +399,8 @@ impl Flow {
             } else {
                 EPOLLIN
             };
-            ep.ctl(EPOLL_CTL_MOD, self.conn.fd(), ev, idx)?;
+            ep.ctl(EPOLL_CTL_MOD, self.conn.fd(), ev, idx)
+                .map_err(epoll_err("epoll_ctl"))?;
             self.want_out = want_out;
         }
         Ok(())
@@ -526,9 +473,10 @@ fn echo(o: Opts) {
 type Driven = Result<(Vec<u64>, Option<CpuSample>, Option<CpuSample>, u64), String>;
 
 fn drive_epoll(o: &Opts, flows: &mut [Flow]) -> Driven {
-    let ep = Epoll::new()?;
+    let ep = Epoll::new().map_err(epoll_err("epoll_create1"))?;
     for (i, f) in flows.iter().enumerate() {
-        ep.ctl(EPOLL_CTL_ADD, f.conn.fd(), EPOLLIN, i as u64)?;
+        ep.ctl(EPOLL_CTL_ADD, f.conn.fd(), EPOLLIN, i as u64)
+            .map_err(epoll_err("epoll_ctl"))?;
     }
     let pid = o.server_pid.clone().unwrap_or_default();
     let start = Instant::now();
@@ -543,7 +491,9 @@ fn drive_epoll(o: &Opts, flows: &mut [Flow]) -> Driven {
     }
     let mut events = vec![EpollEvent { events: 0, data: 0 }; flows.len().max(1)];
     while active > 0 {
-        let n = ep.wait(&mut events, o.timeout_ms)?;
+        let n = ep
+            .wait(&mut events, o.timeout_ms)
+            .map_err(epoll_err("epoll_wait"))?;
         if n == 0 {
             let f = flows.iter().position(|f| !f.done).unwrap_or(0);
             let fl = &flows[f];
@@ -586,7 +536,8 @@ fn drive_epoll(o: &Opts, flows: &mut [Flow]) -> Driven {
                 }
                 f.done = true;
                 active -= 1;
-                ep.ctl(EPOLL_CTL_DEL, f.conn.fd(), 0, idx)?;
+                ep.ctl(EPOLL_CTL_DEL, f.conn.fd(), 0, idx)
+                    .map_err(epoll_err("epoll_ctl"))?;
                 continue;
             }
             if t1 >= warm {

@@ -14,70 +14,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::raw::c_int;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 
-#[cfg_attr(target_arch = "x86_64", repr(C, packed))]
-#[cfg_attr(not(target_arch = "x86_64"), repr(C))]
-#[derive(Clone, Copy)]
-struct EpollEvent {
-    events: u32,
-    data: u64,
-}
+#[path = "../../epoll.rs"]
+mod epoll;
+use epoll::{Epoll, EpollEvent, EPOLLIN, EPOLLOUT, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD};
 
-extern "C" {
-    fn epoll_create1(flags: c_int) -> c_int;
-    fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut EpollEvent) -> c_int;
-    fn epoll_wait(epfd: c_int, events: *mut EpollEvent, maxevents: c_int, timeout: c_int) -> c_int;
-}
-
-const EPOLL_CLOEXEC: c_int = 0o2000000;
-const EPOLL_CTL_ADD: c_int = 1;
-const EPOLL_CTL_DEL: c_int = 2;
-const EPOLL_CTL_MOD: c_int = 3;
-const EPOLLIN: u32 = 0x1;
-const EPOLLOUT: u32 = 0x4;
 const LISTENER: u64 = u64::MAX;
-
-struct Epoll(OwnedFd);
-
-impl Epoll {
-    fn new() -> Epoll {
-        // SAFETY: plain syscall; the fd is owned from here on.
-        let fd = unsafe { epoll_create1(EPOLL_CLOEXEC) };
-        assert!(fd >= 0, "epoll_create1: {}", io::Error::last_os_error());
-        // SAFETY: fresh descriptor nobody else owns.
-        Epoll(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-    fn ctl(&self, op: c_int, fd: RawFd, events: u32, data: u64) {
-        let mut ev = EpollEvent { events, data };
-        // SAFETY: valid epoll fd and event pointer.
-        let rc = unsafe { epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) };
-        assert!(rc == 0, "epoll_ctl: {}", io::Error::last_os_error());
-    }
-    fn wait(&self, events: &mut [EpollEvent]) -> usize {
-        loop {
-            // SAFETY: the buffer holds events.len() entries.
-            let n = unsafe {
-                epoll_wait(
-                    self.0.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    events.len() as c_int,
-                    -1,
-                )
-            };
-            if n >= 0 {
-                return n as usize;
-            }
-            let err = io::Error::last_os_error();
-            assert!(
-                err.kind() == io::ErrorKind::Interrupted,
-                "epoll_wait: {err}"
-            );
-        }
-    }
-}
 
 enum Listener {
     Tcp(TcpListener),
@@ -142,7 +86,8 @@ fn on_event(c: &mut Conn, ep: &Epoll, slot: u64, buf: &mut [u8]) -> io::Result<I
         if c.off == c.pending.len() {
             c.pending.clear();
             c.off = 0;
-            ep.ctl(EPOLL_CTL_MOD, c.stream.fd(), EPOLLIN, slot);
+            ep.ctl(EPOLL_CTL_MOD, c.stream.fd(), EPOLLIN, slot)
+                .expect("epoll_ctl");
         }
         return Ok(Io::Open);
     }
@@ -162,7 +107,8 @@ fn on_event(c: &mut Conn, ep: &Epoll, slot: u64, buf: &mut [u8]) -> io::Result<I
     let w = write_some(&mut c.stream, &buf[..n])?;
     if w < n {
         c.pending.extend_from_slice(&buf[w..n]);
-        ep.ctl(EPOLL_CTL_MOD, c.stream.fd(), EPOLLOUT, slot); // stop reading until flushed
+        ep.ctl(EPOLL_CTL_MOD, c.stream.fd(), EPOLLOUT, slot)
+            .expect("epoll_ctl"); // stop reading until flushed
     }
     Ok(Io::Open)
 }
@@ -188,18 +134,19 @@ fn main() {
     };
     io::stdout().flush().ok();
 
-    let ep = Epoll::new();
+    let ep = Epoll::new().expect("epoll_create1");
     let lfd = match &listener {
         Listener::Tcp(l) => l.as_raw_fd(),
         Listener::Unix(l) => l.as_raw_fd(),
     };
-    ep.ctl(EPOLL_CTL_ADD, lfd, EPOLLIN, LISTENER);
+    ep.ctl(EPOLL_CTL_ADD, lfd, EPOLLIN, LISTENER)
+        .expect("epoll_ctl");
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut events = vec![EpollEvent { events: 0, data: 0 }; 256];
     loop {
-        let n = ep.wait(&mut events);
+        let n = ep.wait(&mut events, -1).expect("epoll_wait");
         for ev in &events[..n] {
             let slot = ev.data;
             if slot == LISTENER {
@@ -226,7 +173,8 @@ fn main() {
                         conns.push(None);
                         conns.len() - 1
                     });
-                    ep.ctl(EPOLL_CTL_ADD, stream.fd(), EPOLLIN, i as u64);
+                    ep.ctl(EPOLL_CTL_ADD, stream.fd(), EPOLLIN, i as u64)
+                        .expect("epoll_ctl");
                     conns[i] = Some(Conn {
                         stream,
                         pending: Vec::new(),
@@ -240,7 +188,8 @@ fn main() {
             match on_event(c, &ep, slot, &mut buf) {
                 Ok(Io::Open) => {}
                 Ok(Io::Closed) | Err(_) => {
-                    ep.ctl(EPOLL_CTL_DEL, c.stream.fd(), 0, slot);
+                    ep.ctl(EPOLL_CTL_DEL, c.stream.fd(), 0, slot)
+                        .expect("epoll_ctl");
                     conns[i] = None; // closes the socket
                     free.push(i);
                 }
