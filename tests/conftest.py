@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -140,32 +141,41 @@ def _stop_soon(lp):
         lp.call_soon_threadsafe(lp.stop)
 
 
+@contextlib.contextmanager
+def _watchdog(lp, timeout):
+    """Stops *lp* from a thread after *timeout* seconds; yields the Event
+    that is set when it did."""
+    fired = threading.Event()
+
+    def fire():
+        fired.set()
+        _stop_soon(lp)
+
+    timer = threading.Timer(timeout, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()
+
+
 def run_with_timeout(lp, aw, timeout=DEFAULT_RUN_TIMEOUT):
     """``lp.run_until_complete(aw)`` that cannot hang.
 
     After *timeout* seconds a watchdog thread stops the loop and the test
     fails.
     """
-    fired = threading.Event()
-
-    def watchdog():
-        fired.set()
-        _stop_soon(lp)
-
-    timer = threading.Timer(timeout, watchdog)
-    timer.daemon = True
-    timer.start()
-    try:
-        # Passed through unchanged, so that run_until_complete() wraps a
-        # coroutine itself, exactly as in user code.  Tasks left pending by
-        # a timeout are cancelled by the fixture teardown.
-        return lp.run_until_complete(aw)
-    except RuntimeError:
-        if fired.is_set():
-            pytest.fail(f"coroutine did not finish within {timeout} s")
-        raise
-    finally:
-        timer.cancel()
+    with _watchdog(lp, timeout) as fired:
+        try:
+            # Passed through unchanged, so that run_until_complete() wraps a
+            # coroutine itself, exactly as in user code.  Tasks left pending
+            # by a timeout are cancelled by the fixture teardown.
+            return lp.run_until_complete(aw)
+        except RuntimeError:
+            if fired.is_set():
+                pytest.fail(f"coroutine did not finish within {timeout} s")
+            raise
 
 
 def _finalize_loop(lp):
@@ -221,23 +231,23 @@ def run(loop):
 
 
 @pytest.fixture
+def pair():
+    """A connected pair of non-blocking Unix stream sockets, closed after."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
 def run_forever(loop):
     """``run_forever(timeout=10)``: loop.run_forever() with a guard."""
 
     def runner(timeout=DEFAULT_RUN_TIMEOUT):
-        fired = threading.Event()
-
-        def watchdog():
-            fired.set()
-            _stop_soon(loop)
-
-        timer = threading.Timer(timeout, watchdog)
-        timer.daemon = True
-        timer.start()
-        try:
+        with _watchdog(loop, timeout) as fired:
             loop.run_forever()
-        finally:
-            timer.cancel()
         if fired.is_set():
             pytest.fail(f"run_forever() did not return within {timeout} s")
 

@@ -7,16 +7,6 @@ import tempfile
 import pytest
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def test_reader_called_when_readable(loop, run_forever, pair):
     a, b = pair
     seen = []

@@ -16,16 +16,6 @@ except OSError:
 
 
 @pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-@pytest.fixture
 def listener():
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
