@@ -10,6 +10,7 @@ mod io;
 mod py;
 mod ready_queue;
 mod sock_io;
+mod sockaddr;
 mod timers;
 mod transports;
 
@@ -28,6 +29,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     transports::stream::install(m.py())?;
     m.add_function(wrap_pyfunction!(sock_io::recv_nowait, m)?)?;
     m.add_function(wrap_pyfunction!(sock_io::send_nowait, m)?)?;
+    sockaddr::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
