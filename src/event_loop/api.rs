@@ -5,6 +5,7 @@
 //! `fastcall.rs` instead. The long tail (run_until_complete, exception
 //! handler, executor, asyncgens) is in `python/ferroloop/_loop.py`.
 
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -12,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::watcher::Ready;
 use super::EventLoop;
 use crate::errors;
 use crate::handles::Handle;
@@ -152,7 +154,7 @@ impl EventLoop {
     /// it is cancelled, and wake the loop.
     fn _add_callback(&self, handle: Bound<'_, Handle>) -> PyResult<()> {
         if !handle.get().is_cancelled() {
-            self.core.lock().ready.push(handle.unbind());
+            self.core.lock().ready.push(Ready::Handle(handle.unbind()));
             self.wake();
         }
         Ok(())
@@ -218,6 +220,12 @@ impl EventLoop {
     /// Number of handles in the ready queue (asyncio's `len(loop._ready)`).
     fn _ready_count(&self) -> usize {
         self.core.lock().ready.len()
+    }
+
+    /// Whether `fd` belongs to an open native stream transport that is not
+    /// closing (asyncio's `_ensure_fd_no_transport` check).
+    fn _fd_has_transport(&self, fd: RawFd) -> bool {
+        self.core.lock().transport_fds.contains(fd)
     }
 
     /// Number of entries in the timer heap (asyncio's `len(loop._scheduled)`).

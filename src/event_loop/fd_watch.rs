@@ -10,6 +10,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple};
 
+use super::watcher::Watcher;
 use super::EventLoop;
 use crate::errors;
 use crate::handles::{self, Handle};
@@ -84,31 +85,50 @@ impl EventLoop {
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
-        let this = slf.get();
-        this.check_usable()?;
+        slf.get().check_usable()?;
         let handle = Bound::new(py, Self::make_handle(slf, callback, args, None)?)?;
         // Long-lived and shared with the caller: the GC must see it.
         handles::track(handle.as_any());
-        let (old, newly) = {
+        Self::add_watcher(slf, fd, dir, Watcher::Handle(handle.clone().unbind()))?;
+        Ok(handle)
+    }
+
+    /// Sets `watcher` as the reader or writer of `fd`; a Handle it replaces
+    /// is cancelled.
+    pub(crate) fn add_watcher(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        dir: Direction,
+        watcher: Watcher,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let added = {
             let mut core = this.core.lock();
             if this.closed_flag() {
-                return Err(super::closed_error());
+                Err(super::closed_error())
+            } else {
+                core.watchers
+                    .add(this.epoll_fd, fd, dir, watcher)
+                    .map_err(errors::os_error)
             }
-            core.watchers
-                .add(this.epoll_fd, fd, dir, handle.clone().unbind())
-                .map_err(errors::os_error)?
         };
+        // NOTE: on error the watcher was dropped under the lock; that is safe
+        // because the caller still holds its own reference.
+        let (old, newly) = added?;
         if newly {
             this.io_sources.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(old) = old {
-            Handle::cancel_once(old.bind(py))?;
+            let cancelled = old.cancel(py);
+            old.release(py);
+            cancelled?;
         }
-        Ok(handle)
+        Ok(())
     }
 
-    /// Removes the callback for `fd`: whether one was registered (it is
-    /// cancelled).
+    /// Removes the callback for `fd`: whether one was registered (a Handle
+    /// is cancelled).
     pub(crate) fn remove_watch(slf: &Bound<'_, Self>, fd: RawFd, dir: Direction) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
@@ -126,10 +146,23 @@ impl EventLoop {
         }
         match old {
             Some(old) => {
-                Handle::cancel_once(old.bind(py))?;
+                let cancelled = old.cancel(py);
+                old.release(py);
+                cancelled?;
                 Ok(true)
             }
             None => Ok(false),
+        }
+    }
+
+    /// Records whether `fd` belongs to an open native stream transport
+    /// that is not closing (see `_fd_has_transport`).
+    pub(crate) fn set_transport_fd(&self, fd: RawFd, owned: bool) {
+        let mut core = self.core.lock();
+        if owned {
+            core.transport_fds.insert(fd);
+        } else {
+            core.transport_fds.remove(fd);
         }
     }
 
@@ -147,8 +180,8 @@ impl EventLoop {
                 n += watchers.on_ready(
                     self.epoll_fd,
                     event,
-                    |h| h.get().is_cancelled(),
-                    |h| ready.push(h.clone_ref(py)),
+                    |w| w.is_cancelled(py),
+                    |w, dir| ready.push(w.ready(py, dir)),
                     &mut dropped,
                 );
             }
@@ -158,8 +191,8 @@ impl EventLoop {
             self.io_sources.fetch_sub(unregistered, Ordering::Relaxed);
         }
         // Released after the lock: freeing a handle may run Python code.
-        for h in dropped {
-            handles::release(py, h);
+        for w in dropped {
+            w.release(py);
         }
     }
 }

@@ -11,6 +11,7 @@ mod fd_watch;
 mod ready;
 mod tasks;
 mod tick;
+pub(crate) mod watcher;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,11 +24,13 @@ use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors;
-use crate::handles::{self, Handle, TimerHandle};
+use crate::handles::{self, TimerHandle};
+use crate::io::fd_set::FdSet;
 use crate::io::fd_watchers::FdWatchers;
 use crate::io::poller::{IoEvent, Poller};
 use crate::ready_queue::ReadyQueue;
 use crate::timers::TimerHeap;
+use watcher::{Ready, Watcher};
 
 /// Bumped in the child after every `fork()`: a loop created before the fork
 /// shares its epoll instance with the parent and must not run in the child.
@@ -56,11 +59,14 @@ pub(crate) fn closed_error() -> PyErr {
 #[derive(Default)]
 pub(crate) struct Core {
     /// asyncio's `_ready`.
-    pub ready: ReadyQueue<Py<Handle>>,
+    pub ready: ReadyQueue<Ready>,
     /// asyncio's `_scheduled`.
     pub timers: TimerHeap<Py<TimerHandle>>,
     /// add_reader / add_writer registrations (asyncio's selector keys).
-    pub watchers: FdWatchers<Py<Handle>>,
+    pub watchers: FdWatchers<Watcher>,
+    /// fds of native stream transports that are open and not closing (the
+    /// selector loop's `_transports` check for add_reader & co.).
+    pub transport_fds: FdSet,
 }
 
 #[pyclass(frozen, subclass, dict, weakref, module = "ferroloop._ferroloop")]
@@ -197,16 +203,16 @@ impl EventLoop {
         drop(poller);
         // Released outside the lock: handles may hold objects with __del__.
         Python::attach(|py| {
-            ready.into_iter().for_each(|h| handles::release(py, h));
+            ready.into_iter().for_each(|r| r.release(py));
             timers.into_iter().for_each(|h| handles::release(py, h));
-            watchers.into_iter().for_each(|h| handles::release(py, h));
+            watchers.into_iter().for_each(|w| w.release(py));
         });
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(core) = self.core.try_lock() {
-            for h in core.ready.iter() {
-                visit.call(h)?;
+            for r in core.ready.iter() {
+                r.visit(visit)?;
             }
             let mut err = Ok(());
             core.timers_for_each(|t| {
@@ -216,9 +222,9 @@ impl EventLoop {
             });
             err?;
             let mut err = Ok(());
-            core.watchers.for_each(|h| {
+            core.watchers.for_each(|w| {
                 if err.is_ok() {
-                    err = visit.call(h);
+                    err = w.visit(visit);
                 }
             });
             err?;
@@ -240,9 +246,9 @@ impl EventLoop {
         };
         let factory = self.task_factory.lock().take();
         Python::attach(|py| {
-            ready.into_iter().for_each(|h| handles::release(py, h));
+            ready.into_iter().for_each(|r| r.release(py));
             timers.into_iter().for_each(|h| handles::release(py, h));
-            watchers.into_iter().for_each(|h| handles::release(py, h));
+            watchers.into_iter().for_each(|w| w.release(py));
         });
         drop(factory);
     }

@@ -13,6 +13,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt, PyTuple};
 
+use super::watcher::Ready;
 use super::EventLoop;
 use crate::clock;
 use crate::handles::{self, Handle, TimerHandle};
@@ -92,7 +93,10 @@ impl EventLoop {
         }
         let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, context)?)?;
         handles::untrack(handle.as_any());
-        this.core.lock().ready.push(handle.clone().unbind());
+        this.core
+            .lock()
+            .ready
+            .push(Ready::Handle(handle.clone().unbind()));
         if threadsafe {
             this.wake();
         }

@@ -11,6 +11,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
 
+use super::watcher::Ready;
 use super::{Core, EventLoop};
 use crate::clock;
 use crate::errors;
@@ -18,6 +19,7 @@ use crate::handles::{self, Handle, TimerHandle};
 use crate::io::poller::{IoEvent, PollOutcome};
 use crate::py;
 use crate::timers;
+use crate::transports::stream::StreamTransport;
 
 /// asyncio's `_clock_resolution` for CLOCK_MONOTONIC on Linux.
 const CLOCK_RESOLUTION: f64 = 1e-9;
@@ -161,7 +163,7 @@ impl EventLoop {
 
     /// Moves due timers to the ready queue and takes what is ready now: the
     /// handles this tick runs.
-    fn take_ready(&self, py: Python<'_>) -> VecDeque<Py<Handle>> {
+    fn take_ready(&self, py: Python<'_>) -> VecDeque<Ready> {
         let mut core = self.core.lock();
         if !core.timers.is_empty() {
             let end_time = clock::monotonic() + CLOCK_RESOLUTION;
@@ -171,7 +173,8 @@ impl EventLoop {
                 if timer_cancelled(py, &timer) {
                     self.uncount_cancelled_timer();
                 }
-                core.ready.push(timer.into_bound(py).into_super().unbind());
+                core.ready
+                    .push(Ready::Handle(timer.into_bound(py).into_super().unbind()));
             }
         }
         core.ready.take_batch()
@@ -213,13 +216,21 @@ impl EventLoop {
         *this.io_events.lock() = io;
 
         let mut batch = this.take_ready(py);
-        while let Some(handle) = batch.pop_front() {
-            if handle.get().is_cancelled() {
-                handles::release(py, handle);
-                continue;
-            }
-            let result = Self::run_handle(slf, handle.bind(py));
-            handles::release(py, handle);
+        while let Some(item) = batch.pop_front() {
+            let result = match item {
+                Ready::Handle(handle) => {
+                    if handle.get().is_cancelled() {
+                        handles::release(py, handle);
+                        continue;
+                    }
+                    let result = Self::run_handle(slf, handle.bind(py));
+                    handles::release(py, handle);
+                    result
+                }
+                Ready::Stream(transport, dir) => {
+                    StreamTransport::on_ready(transport.bind(py), slf, dir)
+                }
+            };
             if let Err(err) = result {
                 // Leave the rest for the next run, in order (asyncio's deque).
                 this.core.lock().ready.requeue_front(batch);

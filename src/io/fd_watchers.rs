@@ -249,7 +249,7 @@ impl<T> FdWatchers<T> {
         epfd: RawFd,
         event: (RawFd, bool, bool),
         is_cancelled: impl Fn(&T) -> bool,
-        mut queue: impl FnMut(&T),
+        mut queue: impl FnMut(&T, Direction),
         dropped: &mut Vec<T>,
     ) -> usize {
         let (fd, read, write) = event;
@@ -269,7 +269,7 @@ impl<T> FdWatchers<T> {
                 continue;
             };
             if !is_cancelled(h) {
-                queue(h);
+                queue(h, dir);
                 continue;
             }
             // A failed unregistration leaves the cancelled callback in place;
@@ -416,16 +416,16 @@ mod tests {
             e,
             (fd, true, true),
             |h| *h < 0,
-            |h| run.push(*h),
+            |h, dir| run.push((*h, dir)),
             &mut dropped,
         );
-        assert_eq!(run, vec![7]);
+        assert_eq!(run, vec![(7, Direction::Read)]);
         assert_eq!(dropped, vec![-1]);
         assert_eq!(gone, 0);
         assert!(!fw.has(fd, Direction::Write));
         let mut dropped = Vec::new();
         fw.add(e, fd, Direction::Read, -2).unwrap();
-        let gone = fw.on_ready(e, (fd, true, false), |h| *h < 0, |_| (), &mut dropped);
+        let gone = fw.on_ready(e, (fd, true, false), |h| *h < 0, |_, _| (), &mut dropped);
         assert_eq!(gone, 1);
         assert_eq!(dropped, vec![-2]);
         assert!(fw.is_empty());

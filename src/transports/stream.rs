@@ -27,7 +27,9 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors;
 use crate::event_loop::fastcall::method_returning_none;
+use crate::event_loop::watcher::Watcher;
 use crate::event_loop::EventLoop;
+use crate::handles::Handle;
 use crate::io::fd_watchers::Direction;
 use crate::sock_io::{recv, send, IoResult};
 
@@ -105,6 +107,8 @@ struct State {
     writing: bool,
     /// sendfile's "buffer drained" future.
     empty_waiter: Option<Py<PyAny>>,
+    /// The context the reader and writer run in (asyncio's reader Handle's).
+    context: Option<Py<PyAny>>,
     server: Option<Py<PyAny>>,
     sock: Option<Py<PyAny>>,
 }
@@ -126,9 +130,6 @@ pub struct StreamTransport {
     shell: Mutex<Option<Py<PyAny>>>,
     fd: RawFd,
     state: Mutex<State>,
-    /// Bound `_read_ready` / `_write_ready` (the watcher callbacks), made once.
-    read_ready: Mutex<Option<Py<PyAny>>>,
-    write_ready: Mutex<Option<Py<PyAny>>>,
 }
 
 static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -233,30 +234,15 @@ impl StreamTransport {
             .map(|p| p.bind(py).clone())
     }
 
-    /// Registers the reader (`_read_ready`) or writer (`_write_ready`)
-    /// callback with the loop, unless it already is.
+    /// Registers the reader or the writer with the loop (as itself: see
+    /// `event_loop::watcher`), unless it already is.
     fn watch(slf: &Bound<'_, Self>, dir: Direction) -> PyResult<()> {
-        let py = slf.py();
         let this = slf.get();
-        let (slot, name) = match dir {
-            Direction::Read => (&this.read_ready, intern!(py, "_read_ready")),
-            Direction::Write => (&this.write_ready, intern!(py, "_write_ready")),
-        };
-        let cached = slot.lock().as_ref().map(|cb| cb.clone_ref(py));
-        let cb = match cached {
-            Some(cb) => cb.into_bound(py),
-            None => {
-                let cb = slf.getattr(name)?;
-                *slot.lock() = Some(cb.clone().unbind());
-                cb
-            }
-        };
-        EventLoop::add_watch(
-            this.event_loop.bind(py),
+        EventLoop::add_watcher(
+            this.event_loop.bind(slf.py()),
             this.fd,
             dir,
-            cb,
-            PyTuple::empty(py),
+            Watcher::Stream(slf.clone().unbind()),
         )?;
         *this.state.lock().registered(dir) = true;
         Ok(())
@@ -542,11 +528,10 @@ impl StreamTransport {
                 reading: false,
                 writing: false,
                 empty_waiter: None,
+                context: Some(crate::py::copy_context(py)?.unbind()),
                 server: server.map(Bound::unbind),
                 sock: Some(sock.unbind()),
             }),
-            read_ready: Mutex::new(None),
-            write_ready: Mutex::new(None),
         })
     }
 
@@ -711,8 +696,6 @@ impl StreamTransport {
         };
         drop(callbacks);
         let shell = this.shell.lock().take();
-        let read_cb = this.read_ready.lock().take();
-        let write_cb = this.write_ready.lock().take();
         let mut cleanup = Ok(());
         if let Some(sock) = sock {
             cleanup = sock.bind(py).call_method0(intern!(py, "close")).map(|_| ());
@@ -734,7 +717,7 @@ impl StreamTransport {
             // The shell mirrors asyncio's attributes for code that reads them.
             let _ = shell.bind(py).setattr(intern!(py, "_sock"), py.None());
         }
-        drop((shell, read_cb, write_cb, protocol_obj));
+        drop((shell, protocol_obj));
         if let Some(w) = waiter {
             let conn_err =
                 pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
@@ -843,12 +826,7 @@ impl StreamTransport {
             visit.call(&st.empty_waiter)?;
             visit.call(&st.server)?;
             visit.call(&st.sock)?;
-        }
-        if let Some(c) = self.read_ready.try_lock() {
-            visit.call(&*c)?;
-        }
-        if let Some(c) = self.write_ready.try_lock() {
-            visit.call(&*c)?;
+            visit.call(&st.context)?;
         }
         visit.call(&self.event_loop)?;
         Ok(())
@@ -856,22 +834,104 @@ impl StreamTransport {
 
     fn __clear__(&self) {
         let shell = self.shell.lock().take();
-        let (p, w, s, k) = {
+        let taken = {
             let mut st = self.state.lock();
             (
                 st.protocol.take(),
                 st.empty_waiter.take(),
                 st.server.take(),
                 st.sock.take(),
+                st.context.take(),
             )
         };
-        let r = self.read_ready.lock().take();
-        let wr = self.write_ready.lock().take();
-        drop((shell, p, w, s, k, r, wr));
+        drop((shell, taken));
     }
 }
 
 impl StreamTransport {
+    /// Runs the reader or writer for an event the loop queued (see
+    /// `event_loop::watcher`): as asyncio's Handle would, in the transport's
+    /// context, skipped if unregistered since, its exception reported
+    /// through the loop's exception handler.
+    pub(crate) fn on_ready(
+        slf: &Bound<'_, Self>,
+        event_loop: &Bound<'_, EventLoop>,
+        dir: Direction,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let context = {
+            let mut st = slf.get().state.lock();
+            if !*st.registered(dir) {
+                return Ok(());
+            }
+            st.context.as_ref().map(|c| c.clone_ref(py))
+        };
+        if event_loop.get().debug_enabled() {
+            // Debug mode runs a real Handle: asyncio's `_current_handle` and
+            // slow-callback report name it.
+            let handle = Self::as_handle(slf, event_loop, dir, context)?;
+            return EventLoop::run_handle(event_loop, &handle);
+        }
+        let result = match &context {
+            // SAFETY: `ctx` is a live Context we hold a reference to for the
+            // whole block; Enter and Exit are paired as Context.run pairs
+            // them, and no Python exception is set across them (the call's
+            // error is already fetched into `result`).
+            Some(ctx) => unsafe {
+                if ffi::PyContext_Enter(ctx.as_ptr()) < 0 {
+                    return Err(PyErr::fetch(py));
+                }
+                let result = Self::run_ready(slf, dir);
+                if ffi::PyContext_Exit(ctx.as_ptr()) < 0 {
+                    return Err(PyErr::fetch(py));
+                }
+                result
+            },
+            None => Self::run_ready(slf, dir),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if is_exit(py, &e) => Err(e),
+            Err(e) => {
+                let handle = Self::as_handle(slf, event_loop, dir, context)?;
+                crate::py::call_helper(
+                    py,
+                    "_report_callback_error",
+                    (event_loop, handle, e.into_value(py)),
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    fn run_ready(slf: &Bound<'_, Self>, dir: Direction) -> PyResult<()> {
+        match dir {
+            Direction::Read => Self::read_ready(slf),
+            Direction::Write => Self::write_ready(slf),
+        }
+    }
+
+    /// The Handle asyncio would have queued for this event.
+    fn as_handle<'py>(
+        slf: &Bound<'py, Self>,
+        event_loop: &Bound<'py, EventLoop>,
+        dir: Direction,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let name = match dir {
+            Direction::Read => intern!(py, "_read_ready"),
+            Direction::Write => intern!(py, "_write_ready"),
+        };
+        let handle = EventLoop::make_handle(
+            event_loop,
+            slf.getattr(name)?,
+            PyTuple::empty(py),
+            context.map(|c| c.into_bound(py)),
+        )?;
+        Bound::new(py, handle)
+    }
+
     /// The reader callback: one read, handed to the protocol.
     pub(crate) fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let (lost, buffered) = {
