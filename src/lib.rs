@@ -30,6 +30,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sock_io::recv_nowait, m)?)?;
     m.add_function(wrap_pyfunction!(sock_io::send_nowait, m)?)?;
     sockaddr::register(m)?;
+    m.add_class::<transports::accept::Acceptor>()?;
+    m.add_function(wrap_pyfunction!(transports::face::install_face, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -108,6 +108,26 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 }
 
 /// `threading.get_ident()` of the calling thread.
+/// Runs `f` inside the Context `ctx`, as `ctx.run(f)`.
+pub fn run_in_context<R>(
+    py: Python<'_>,
+    ctx: &Bound<'_, PyAny>,
+    f: impl FnOnce() -> PyResult<R>,
+) -> PyResult<R> {
+    // SAFETY: `ctx` is a live object; PyContext_Enter type-checks it and
+    // fails (with an exception set) if it is not a Context or is entered.
+    if unsafe { pyo3::ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let result = f();
+    // SAFETY: paired with the Enter above, as Context.run pairs them; no
+    // exception is set here (`f`'s error is held in `result`).
+    if unsafe { pyo3::ffi::PyContext_Exit(ctx.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    result
+}
+
 pub fn thread_ident() -> u64 {
     // SAFETY: pthread_self never fails. CPython's threading.get_ident() is
     // this same value cast to unsigned long.

@@ -459,6 +459,11 @@ class Loop(
             except (AttributeError, TypeError, ValueError):
                 # This code matches selectors._fileobj_to_fd function.
                 raise ValueError(f"Invalid file object: {fd!r}") from None
+        if self._fd_has_transport(fileno):
+            raise RuntimeError(
+                f"File descriptor {fd!r} is used by transport <SocketTransport fd={fileno}>"
+            )
+        # Datagram transports (asyncio's Python ones) register here.
         transport = self._transports.get(fileno)
         if transport is not None and not transport.is_closing():
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")

@@ -16,11 +16,14 @@ only use the loop's public API plus the hooks defined here
 ``sslproto`` over the native transport.
 """
 
+import errno
 import os
+import socket
 import stat
 import sys
-from asyncio import base_events, constants, selector_events, sslproto, unix_events
+from asyncio import base_events, constants, selector_events, sslproto, trsock, unix_events
 
+from . import _ferroloop
 from ._transports import DatagramTransport, SocketTransport
 
 _BaseLoop = base_events.BaseEventLoop
@@ -28,6 +31,17 @@ _SelectorLoop = selector_events.BaseSelectorEventLoop
 _UnixLoop = unix_events._UnixSelectorEventLoop
 
 _PY313 = sys.version_info >= (3, 13)
+
+
+def _is_tcp(sock):
+    """Whether asyncio's _set_nodelay would set TCP_NODELAY on sockets
+    accepted from *sock* (they inherit its family, type and proto)."""
+    return (
+        hasattr(socket, "TCP_NODELAY")
+        and sock.family in (socket.AF_INET, socket.AF_INET6)
+        and sock.type == socket.SOCK_STREAM
+        and sock.proto == socket.IPPROTO_TCP
+    )
 
 
 class NetworkMixin:
@@ -45,14 +59,76 @@ class NetworkMixin:
     create_unix_server = _UnixLoop.create_unix_server
     _ensure_resolved = _BaseLoop._ensure_resolved
     sendfile = _BaseLoop.sendfile
-    _sendfile_native = _SelectorLoop._sendfile_native
     _sendfile_fallback = _BaseLoop._sendfile_fallback
     start_tls = _BaseLoop.start_tls
-    _start_serving = _SelectorLoop._start_serving
     _accept_connection = _SelectorLoop._accept_connection
     _accept_connection2 = _SelectorLoop._accept_connection2
 
     # -- hooks ------------------------------------------------------------------
+
+    def _start_serving(
+        self,
+        protocol_factory,
+        sock,
+        sslcontext=None,
+        server=None,
+        backlog=100,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        """Start accepting on *sock*: natively (``transports/accept.rs``), or
+        with asyncio's own accept loop for TLS servers and in debug mode
+        (where asyncio logs every connection)."""
+        args = (protocol_factory, sock, sslcontext, server, backlog)
+        args += (ssl_handshake_timeout, ssl_shutdown_timeout)
+        if sslcontext is not None or self._debug:
+            return _SelectorLoop._start_serving(self, *args)
+
+        def on_error(exc):
+            # asyncio's _accept_connection, for errors other than "try again".
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise exc  # The event loop will catch, log and ignore it.
+            # Linux keeps reporting the fd as ready: stop watching it for a
+            # while and try again later.
+            self.call_exception_handler(
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": exc,
+                    "socket": trsock.TransportSocket(sock),
+                }
+            )
+            self._remove_reader(sock.fileno())
+            self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving, *args)
+
+        acceptor = _ferroloop.Acceptor(
+            self,
+            sock,
+            protocol_factory,
+            server,
+            backlog,
+            SocketTransport._adopt,
+            on_error,
+            _is_tcp(sock),
+        )
+        self._add_reader(sock.fileno(), acceptor._accept_ready)
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        # asyncio's, with the native transport mark in place of _transports.
+        if not isinstance(transp, SocketTransport):
+            return await _SelectorLoop._sendfile_native(self, transp, file, offset, count)
+        fd = transp._sock_fd
+        self._set_fd_has_transport(fd, False)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+            if not transp.is_closing():
+                self._set_fd_has_transport(fd, True)
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return SocketTransport(self, sock, protocol, waiter, extra, server)

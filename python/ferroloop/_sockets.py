@@ -149,8 +149,7 @@ class SocketsMixin:
                 return data
             fut = self.create_future()
             # _ensure_fd_no_transport on its common case: no transport at all.
-            ref = self._transports.data.get(fd)
-            if ref is not None and ref() is not None:
+            if self._fd_has_transport(fd) or fd in self._transports.data:
                 self._ensure_fd_no_transport(fd)
             handle = self._add_reader(fd, _recv_ready, fut, sock, n)
             fut.add_done_callback(functools.partial(self._sock_recv_done, fd, handle))

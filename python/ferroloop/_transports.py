@@ -3,25 +3,20 @@
 ``SocketTransport`` is what ``create_connection``, servers and
 ``connect_accepted_socket`` hand to protocols: an ``asyncio.Transport``
 subclass whose I/O (reads, the write buffer, flow control, close) is
-``_ferroloop.StreamTransport``. The hot methods are bound straight to the
-core in the instance dict, so ``transport.write(data)`` is one native call;
+``_ferroloop.StreamTransport``. ``write`` and ``is_closing`` are native
+descriptors on the class, so ``transport.write(data)`` is one native call;
 what is policy (error reporting, EOF handling, reprs) is here.
 """
 
 import socket
 import sys
 import warnings
-from asyncio import constants, futures, selector_events, transports, trsock
+from asyncio import constants, futures, selector_events, transports
 from asyncio.log import logger
 
 from . import _ferroloop
 
 _PY313 = sys.version_info >= (3, 13)
-
-# The hottest methods, bound straight to the native core in each instance's
-# dict (one native call, no Python frame); the others delegate through the
-# class (a bound method costs ~100 bytes per connection).
-_HOT_CORE_METHODS = ("write", "is_closing")
 
 
 def _delegate(name):
@@ -63,54 +58,85 @@ def _core_property(name, doc):
     return property(lambda self: getattr(self._core, name), doc=doc)
 
 
+_NATIVE_EXTRA = frozenset(("socket", "sockname", "peername"))
+_NATIVE_FAMILIES = frozenset(
+    f
+    for f in (socket.AF_INET, getattr(socket, "AF_INET6", None), getattr(socket, "AF_UNIX", None))
+    if f is not None
+)
+
+
 class SocketTransport(transports._FlowControlMixin):
     """A TCP or Unix stream socket transport.
 
     NOTE: a ``_FlowControlMixin`` like asyncio's socket transports (loop.sendfile's
     fallback checks it), but its flow control is the native core's: the mixin's
-    ``__init__`` is skipped and its state lives in the core.
+    ``__init__`` is skipped and its state lives in the core. The class has
+    ``__slots__`` (asyncio's transport bases do too), so an instance is a few
+    pointers: ``_core``, plus ``_extra_dict`` for extra info passed in.
+    ``socket``/``sockname``/``peername`` come from the core on demand (an
+    accepted connection has no socket object until one is asked for).
+    ``write`` and ``is_closing`` are native descriptors (``install_face``).
     """
+
+    __slots__ = ("__weakref__", "_core", "_extra_dict")
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
-    # Read by __del__ even if __init__ failed early.
-    _sock = None
-    _core = None
-
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        transports.BaseTransport.__init__(self, extra)
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
         self._loop = loop
-        self._sock = sock
-        self._sock_fd = sock.fileno()
-        self._server = server
-        core = _ferroloop.StreamTransport(loop, self, sock, protocol, server)
+        self._extra_dict = dict(extra) if extra else None
+        if sock.family not in _NATIVE_FAMILIES:
+            # Names the core cannot convert: asyncio's eager values.
+            names = self._extra_dict = self._extra_dict or {}
+            for key, get in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
+                if key not in names:
+                    try:
+                        names[key] = get()
+                    except OSError:
+                        names[key] = None
+        self._core = _ferroloop.StreamTransport(loop, self, sock, protocol, server)
+        _set_nodelay(sock)
+        self._setup(loop, protocol, server, waiter)
+
+    @classmethod
+    def _adopt(cls, loop, core, protocol, server):
+        """The face of a natively accepted connection (``accept.rs``)."""
+        self = cls.__new__(cls)
+        self._loop = loop
+        self._extra_dict = None
         self._core = core
-        for name in _HOT_CORE_METHODS:
-            setattr(self, name, getattr(core, name))
+        core._set_shell(self)
+        self._setup(loop, protocol, server, None)
+
+    def _setup(self, loop, protocol, server, waiter):
         if server is not None:
             if _PY313:
                 server._attach(self)
             else:
                 server._attach()
-        loop._transports[self._sock_fd] = self
-        _set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
         # Only start reading once connection_made() has run.
-        loop.call_soon(core._start_reading)
+        loop.call_soon(self._core._start_reading)
         if waiter is not None:
             # Only wake the waiter once connection_made() has run.
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def get_extra_info(self, name, default=None):
+        extra = self._extra_dict
+        if extra is not None and name in extra:
+            return extra[name]
+        if name in _NATIVE_EXTRA:
+            return self._core._extra_info(name)
+        return default
+
+    @property
+    def _extra(self):
+        """asyncio's extra-info dict (built on demand)."""
+        extra = {name: self._core._extra_info(name) for name in _NATIVE_EXTRA}
+        extra.update(self._extra_dict or ())
+        return extra
 
     writelines = _delegate("writelines")
     get_write_buffer_size = _delegate("get_write_buffer_size")
@@ -135,24 +161,34 @@ class SocketTransport(transports._FlowControlMixin):
     )
     _paused = _core_property("_paused", "pause_reading() was called.")
     _eof = _core_property("_eof", "write_eof() was called.")
+    _sock_fd = _core_property("_fd", "The socket's fd.")
+    _server = _core_property("_server", "The Server that accepted the connection, if any.")
+
+    @property
+    def _sock(self):
+        """The socket object (None once closed), as asyncio's attribute."""
+        return self._core._socket()
 
     def __repr__(self):
         info = [self.__class__.__name__]
-        if self._sock is None:
+        core = getattr(self, "_core", None)
+        if core is None or not core._is_open:
             info.append("closed")
-        elif self._core.is_closing():
+        elif core.is_closing():
             info.append("closing")
-        info.append(f"fd={self._sock_fd}")
-        if self._sock is not None and not self._loop.is_closed():
-            info.append("read=polling" if self._core._reading_registered else "read=idle")
-            state = "polling" if self._core._writing_registered else "idle"
-            info.append(f"write=<{state}, bufsize={self._core.get_write_buffer_size()}>")
+        if core is not None:
+            info.append(f"fd={core._fd}")
+        if core is not None and core._is_open and not self._loop.is_closed():
+            info.append("read=polling" if core._reading_registered else "read=idle")
+            state = "polling" if core._writing_registered else "idle"
+            info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn=warnings.warn):
-        if self._sock is not None:
+        core = getattr(self, "_core", None)
+        if core is not None and core._is_open:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.close()
+            core._close_fd()
 
     def pause_reading(self):
         if self._core._pause_reading() and self._loop.get_debug():
@@ -201,3 +237,6 @@ class SocketTransport(transports._FlowControlMixin):
             self._core._stop_reading()
         else:
             self._core.close()
+
+
+_ferroloop.install_face(SocketTransport)

@@ -228,6 +228,12 @@ impl EventLoop {
         self.core.lock().transport_fds.contains(fd)
     }
 
+    /// Sets or clears the mark `_fd_has_transport` reads (loop.sendfile
+    /// lifts it while it uses the transport's socket directly).
+    fn _set_fd_has_transport(&self, fd: RawFd, owned: bool) {
+        self.set_transport_fd(fd, owned);
+    }
+
     /// Number of entries in the timer heap (asyncio's `len(loop._scheduled)`).
     fn _scheduled_count(&self) -> usize {
         self.core.lock().timers.len()

@@ -32,6 +32,7 @@ use crate::event_loop::EventLoop;
 use crate::handles::Handle;
 use crate::io::fd_watchers::Direction;
 use crate::sock_io::{recv, send, IoResult};
+use crate::sockaddr::SockAddr;
 
 /// asyncio's `max_size`: the most one read takes from the socket.
 const MAX_READ: usize = 256 * 1024;
@@ -81,11 +82,6 @@ impl WriteBuffer {
 
 struct State {
     protocol: Option<Py<PyAny>>,
-    /// The protocol's data_received, or get_buffer and buffer_updated,
-    /// bound once when the protocol is set.
-    on_data: Option<Py<PyAny>>,
-    on_get_buffer: Option<Py<PyAny>>,
-    on_buffer_updated: Option<Py<PyAny>>,
     /// The protocol is a `BufferedProtocol` (get_buffer / buffer_updated).
     buffered: bool,
     buffer: WriteBuffer,
@@ -110,7 +106,14 @@ struct State {
     /// The context the reader and writer run in (asyncio's reader Handle's).
     context: Option<Py<PyAny>>,
     server: Option<Py<PyAny>>,
+    /// The Python socket object, if there is one. An accepted connection
+    /// gets one only when asked for (`get_extra_info('socket')`, `_sock`):
+    /// until then the fd is ours alone.
     sock: Option<Py<PyAny>>,
+    /// The fd is open (owned by `sock` if there is one, else by us).
+    open: bool,
+    /// `get_extra_info('socket')`, made on first use.
+    trsock: Option<Py<PyAny>>,
 }
 
 impl State {
@@ -129,6 +132,10 @@ pub struct StreamTransport {
     /// The `SocketTransport` protocols see; cleared once the connection is lost.
     shell: Mutex<Option<Py<PyAny>>>,
     fd: RawFd,
+    /// getsockname() / getpeername() when the transport was made (asyncio
+    /// keeps them for `get_extra_info`); `None` if the call failed.
+    local: Option<SockAddr>,
+    peer: Option<SockAddr>,
     state: Mutex<State>,
 }
 
@@ -137,32 +144,6 @@ static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     let cls = BUFFERED_PROTOCOL.import(protocol.py(), "asyncio", "BufferedProtocol")?;
     protocol.is_instance(cls)
-}
-
-/// The protocol's reading callbacks, bound once:
-/// (buffered, data_received, get_buffer, buffer_updated). A missing one
-/// stays `None` and is looked up at call time (raising as asyncio would).
-type ReadCallbacks = (
-    bool,
-    Option<Py<PyAny>>,
-    Option<Py<PyAny>>,
-    Option<Py<PyAny>>,
-);
-
-fn read_callbacks(protocol: &Bound<'_, PyAny>) -> PyResult<ReadCallbacks> {
-    let py = protocol.py();
-    let bind =
-        |name: &Bound<'_, pyo3::types::PyString>| protocol.getattr(name).ok().map(Bound::unbind);
-    Ok(if is_buffered_protocol(protocol)? {
-        (
-            true,
-            None,
-            bind(intern!(py, "get_buffer")),
-            bind(intern!(py, "buffer_updated")),
-        )
-    } else {
-        (false, bind(intern!(py, "data_received")), None, None)
-    })
 }
 
 /// Borrows the bytes of a bytes / bytearray / memoryview (asyncio's types).
@@ -293,6 +274,7 @@ impl StreamTransport {
             let had_buffer = !st.buffer.is_empty();
             st.buffer.clear();
             let was_closing = std::mem::replace(&mut st.closing, true);
+            this.event_loop.get().set_transport_fd(this.fd, false);
             st.conn_lost += 1;
             (had_buffer, was_closing)
         };
@@ -388,20 +370,10 @@ impl StreamTransport {
         if data.as_bytes().is_empty() {
             return Self::on_eof(slf);
         }
-        let (protocol, on_data) = {
-            let st = this.state.lock();
-            (
-                st.protocol.as_ref().map(|p| p.clone_ref(py)),
-                st.on_data.as_ref().map(|f| f.clone_ref(py)),
-            )
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
         };
-        let result = match (on_data, protocol) {
-            (Some(f), _) => f.bind(py).call1((data,)),
-            (None, Some(p)) => p
-                .bind(py)
-                .call_method1(intern!(py, "data_received"), (data,)),
-            (None, None) => return Ok(()),
-        };
+        let result = protocol.call_method1(intern!(py, "data_received"), (data,));
         if let Err(e) = result {
             if is_exit(py, &e) {
                 return Err(e);
@@ -414,22 +386,10 @@ impl StreamTransport {
     fn read_into_buffer(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (protocol, get_buffer, buffer_updated) = {
-            let st = this.state.lock();
-            (
-                st.protocol.as_ref().map(|p| p.clone_ref(py)),
-                st.on_get_buffer.as_ref().map(|f| f.clone_ref(py)),
-                st.on_buffer_updated.as_ref().map(|f| f.clone_ref(py)),
-            )
-        };
-        let Some(protocol) = protocol else {
+        let Some(protocol) = this.protocol(py) else {
             return Ok(());
         };
-        let protocol = protocol.bind(py);
-        let buf = match &get_buffer {
-            Some(f) => f.bind(py).call1((-1,)),
-            None => protocol.call_method1(intern!(py, "get_buffer"), (-1,)),
-        };
+        let buf = protocol.call_method1(intern!(py, "get_buffer"), (-1,));
         let buf = buf.and_then(|b| {
             let view = WritableBuffer::get(&b)?;
             if view.len() == 0 {
@@ -462,10 +422,7 @@ impl StreamTransport {
         if n == 0 {
             return Self::on_eof(slf);
         }
-        let updated = match &buffer_updated {
-            Some(f) => f.bind(py).call1((n,)),
-            None => protocol.call_method1(intern!(py, "buffer_updated"), (n,)),
-        };
+        let updated = protocol.call_method1(intern!(py, "buffer_updated"), (n,));
         if let Err(e) = updated {
             if is_exit(py, &e) {
                 return Err(e);
@@ -506,33 +463,17 @@ impl StreamTransport {
     ) -> PyResult<Self> {
         let py = sock.py();
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
-        let (buffered, on_data, on_get_buffer, on_buffer_updated) = read_callbacks(&protocol)?;
-        Ok(Self {
-            event_loop: event_loop.unbind(),
-            shell: Mutex::new(Some(shell.unbind())),
+        let context = crate::py::copy_context(py)?;
+        Self::build(
+            &event_loop,
+            Some(shell),
             fd,
-            state: Mutex::new(State {
-                protocol: Some(protocol.unbind()),
-                on_data,
-                on_get_buffer,
-                on_buffer_updated,
-                buffered,
-                buffer: WriteBuffer::default(),
-                closing: false,
-                eof: false,
-                conn_lost: 0,
-                paused: false,
-                protocol_paused: false,
-                high_water: 64 * 1024,
-                low_water: 16 * 1024,
-                reading: false,
-                writing: false,
-                empty_waiter: None,
-                context: Some(crate::py::copy_context(py)?.unbind()),
-                server: server.map(Bound::unbind),
-                sock: Some(sock.unbind()),
-            }),
-        })
+            Some(sock),
+            SockAddr::peer(fd).ok(),
+            protocol,
+            server,
+            context,
+        )
     }
 
     /// Starts reading (scheduled right after `connection_made`).
@@ -593,7 +534,7 @@ impl StreamTransport {
     }
 
     fn is_closing(&self) -> bool {
-        self.state.lock().closing
+        self.closing()
     }
 
     fn is_reading(&self) -> bool {
@@ -640,6 +581,10 @@ impl StreamTransport {
                 return Ok(());
             }
             st.closing = true;
+            slf.get()
+                .event_loop
+                .get()
+                .set_transport_fd(slf.get().fd, false);
             let empty = st.buffer.is_empty();
             if empty {
                 st.conn_lost += 1;
@@ -677,29 +622,16 @@ impl StreamTransport {
                 .map(|_| ()),
             None => Ok(()),
         };
-        let (sock, server, waiter, protocol_obj) = {
+        let (server, waiter, protocol_obj) = {
             let mut st = this.state.lock();
             (
-                st.sock.take(),
                 st.server.take(),
                 st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
                 st.protocol.take(),
             )
         };
-        let callbacks = {
-            let mut st = this.state.lock();
-            (
-                st.on_data.take(),
-                st.on_get_buffer.take(),
-                st.on_buffer_updated.take(),
-            )
-        };
-        drop(callbacks);
         let shell = this.shell.lock().take();
-        let mut cleanup = Ok(());
-        if let Some(sock) = sock {
-            cleanup = sock.bind(py).call_method0(intern!(py, "close")).map(|_| ());
-        }
+        let mut cleanup = Self::close_fd(slf);
         if let Some(server) = server {
             let detached = match &shell {
                 Some(s) if py.version_info() >= (3, 13) => server
@@ -712,10 +644,6 @@ impl StreamTransport {
                     .map(|_| ()),
             };
             cleanup = cleanup.and(detached);
-        }
-        if let Some(shell) = &shell {
-            // The shell mirrors asyncio's attributes for code that reads them.
-            let _ = shell.bind(py).setattr(intern!(py, "_sock"), py.None());
         }
         drop((shell, protocol_obj));
         if let Some(w) = waiter {
@@ -731,16 +659,11 @@ impl StreamTransport {
     }
 
     fn set_protocol(&self, protocol: Bound<'_, PyAny>) -> PyResult<()> {
-        let (buffered, on_data, on_get_buffer, on_buffer_updated) = read_callbacks(&protocol)?;
+        let buffered = is_buffered_protocol(&protocol)?;
         let old = {
             let mut st = self.state.lock();
             st.buffered = buffered;
-            (
-                st.protocol.replace(protocol.unbind()),
-                std::mem::replace(&mut st.on_data, on_data),
-                std::mem::replace(&mut st.on_get_buffer, on_get_buffer),
-                std::mem::replace(&mut st.on_buffer_updated, on_buffer_updated),
-            )
+            st.protocol.replace(protocol.unbind())
         };
         drop(old);
         Ok(())
@@ -814,19 +737,61 @@ impl StreamTransport {
         self.get_protocol(py)
     }
 
+    #[getter]
+    fn _fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The socket is not closed yet.
+    #[getter]
+    fn _is_open(&self) -> bool {
+        self.state.lock().open
+    }
+
+    #[getter]
+    fn _server(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.lock().server.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    /// asyncio's `transport._sock`: the socket object (made on first use
+    /// for an accepted connection), `None` once closed.
+    fn _socket<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        Self::socket(slf)
+    }
+
+    /// `get_extra_info` for 'socket', 'sockname' and 'peername' (others:
+    /// None).
+    fn _extra_info<'py>(slf: &Bound<'py, Self>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        match name {
+            "socket" => Self::transport_socket(slf),
+            "sockname" => Self::name(slf, false),
+            "peername" => Self::name(slf, true),
+            _ => Ok(slf.py().None().into_bound(slf.py())),
+        }
+    }
+
+    fn _set_shell(&self, shell: Bound<'_, PyAny>) {
+        let old = self.shell.lock().replace(shell.unbind());
+        drop(old);
+    }
+
+    /// Closes the socket without telling the protocol (the shell's
+    /// `__del__`: an unclosed transport).
+    fn _close_fd(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::close_fd(slf)
+    }
+
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(s) = self.shell.try_lock() {
             visit.call(&*s)?;
         }
         if let Some(st) = self.state.try_lock() {
             visit.call(&st.protocol)?;
-            visit.call(&st.on_data)?;
-            visit.call(&st.on_get_buffer)?;
-            visit.call(&st.on_buffer_updated)?;
             visit.call(&st.empty_waiter)?;
             visit.call(&st.server)?;
             visit.call(&st.sock)?;
             visit.call(&st.context)?;
+            visit.call(&st.trsock)?;
         }
         visit.call(&self.event_loop)?;
         Ok(())
@@ -840,8 +805,8 @@ impl StreamTransport {
                 st.protocol.take(),
                 st.empty_waiter.take(),
                 st.server.take(),
-                st.sock.take(),
                 st.context.take(),
+                st.trsock.take(),
             )
         };
         drop((shell, taken));
@@ -873,20 +838,7 @@ impl StreamTransport {
             return EventLoop::run_handle(event_loop, &handle);
         }
         let result = match &context {
-            // SAFETY: `ctx` is a live Context we hold a reference to for the
-            // whole block; Enter and Exit are paired as Context.run pairs
-            // them, and no Python exception is set across them (the call's
-            // error is already fetched into `result`).
-            Some(ctx) => unsafe {
-                if ffi::PyContext_Enter(ctx.as_ptr()) < 0 {
-                    return Err(PyErr::fetch(py));
-                }
-                let result = Self::run_ready(slf, dir);
-                if ffi::PyContext_Exit(ctx.as_ptr()) < 0 {
-                    return Err(PyErr::fetch(py));
-                }
-                result
-            },
+            Some(ctx) => crate::py::run_in_context(py, ctx.bind(py), || Self::run_ready(slf, dir)),
             None => Self::run_ready(slf, dir),
         };
         match result {
@@ -1078,20 +1030,233 @@ impl StreamTransport {
         }
     }
 
+    /// `sock.shutdown(SHUT_WR)` (write_eof once the buffer is flushed).
     fn shutdown_write(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let sock = slf
-            .get()
-            .state
-            .lock()
-            .sock
-            .as_ref()
-            .map(|s| s.clone_ref(py));
-        if let Some(sock) = sock {
-            sock.bind(py)
-                .call_method1(intern!(py, "shutdown"), (libc::SHUT_WR,))?;
+        let this = slf.get();
+        if !this.state.lock().open {
+            return Ok(());
+        }
+        // SAFETY: plain syscall on our open fd.
+        if unsafe { libc::shutdown(this.fd, libc::SHUT_WR) } < 0 {
+            return Err(errors::os_error(std::io::Error::last_os_error()));
         }
         Ok(())
+    }
+
+    /// Closes the socket (asyncio's `self._sock.close()`): through the
+    /// Python socket object if there is one, else the fd itself.
+    fn close_fd(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let sock = {
+            let mut st = this.state.lock();
+            if !std::mem::replace(&mut st.open, false) {
+                return Ok(());
+            }
+            st.sock.as_ref().map(|s| s.clone_ref(py))
+        };
+        let event_loop = this.event_loop.bind(py).get();
+        event_loop.set_transport_fd(this.fd, false);
+        // NOTE: the fd must not stay registered once its number can be
+        // reused; the reader and writer were removed by close/abort, this
+        // only covers a path that left one behind.
+        Self::unwatch(slf, Direction::Read)?;
+        Self::unwatch(slf, Direction::Write)?;
+        match sock {
+            Some(sock) => {
+                sock.bind(py).call_method0(intern!(py, "close"))?;
+            }
+            // SAFETY: the fd is ours alone (no socket object was made for
+            // it) and `open` was true: it is closed exactly once.
+            None => unsafe {
+                libc::close(this.fd);
+            },
+        }
+        Ok(())
+    }
+
+    /// Makes the transport (both constructors end here).
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        event_loop: &Bound<'_, EventLoop>,
+        shell: Option<Bound<'_, PyAny>>,
+        fd: RawFd,
+        sock: Option<Bound<'_, PyAny>>,
+        peer: Option<SockAddr>,
+        protocol: Bound<'_, PyAny>,
+        server: Option<Bound<'_, PyAny>>,
+        context: Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let buffered = is_buffered_protocol(&protocol)?;
+        event_loop.get().set_transport_fd(fd, true);
+        Ok(Self {
+            event_loop: event_loop.clone().unbind(),
+            shell: Mutex::new(shell.map(Bound::unbind)),
+            fd,
+            local: SockAddr::local(fd).ok(),
+            peer,
+            state: Mutex::new(State {
+                protocol: Some(protocol.unbind()),
+                buffered,
+                buffer: WriteBuffer::default(),
+                closing: false,
+                eof: false,
+                conn_lost: 0,
+                paused: false,
+                protocol_paused: false,
+                high_water: 64 * 1024,
+                low_water: 16 * 1024,
+                reading: false,
+                writing: false,
+                empty_waiter: None,
+                context: Some(context.unbind()),
+                server: server.map(Bound::unbind),
+                sock: sock.map(Bound::unbind),
+                open: true,
+                trsock: None,
+            }),
+        })
+    }
+
+    /// A transport for a connection accepted natively (`accept::Acceptor`):
+    /// it owns `fd` (no Python socket object until one is asked for) and
+    /// runs in `context`. The caller sets its shell.
+    pub(crate) fn accepted(
+        event_loop: &Bound<'_, EventLoop>,
+        fd: RawFd,
+        peer: SockAddr,
+        protocol: Bound<'_, PyAny>,
+        server: Option<Bound<'_, PyAny>>,
+        context: Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        Self::build(
+            event_loop,
+            None,
+            fd,
+            None,
+            Some(peer),
+            protocol,
+            server,
+            context,
+        )
+    }
+
+    /// The Python socket object, made on first use for an accepted
+    /// connection; `None` once the socket is closed.
+    fn socket<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let st = this.state.lock();
+            if !st.open {
+                return Ok(None);
+            }
+            if let Some(s) = &st.sock {
+                return Ok(Some(s.bind(py).clone()));
+            }
+        }
+        // socket.socket(fileno=fd) reads family, type and proto from the fd.
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item(intern!(py, "fileno"), this.fd)?;
+        let sock = py
+            .import(intern!(py, "socket"))?
+            .getattr(intern!(py, "socket"))?
+            .call((), Some(&kwargs))?;
+        sock.call_method1(intern!(py, "setblocking"), (false,))?;
+        let mut st = this.state.lock();
+        match &st.sock {
+            // NOTE: made meanwhile by code the calls above ran (a GC
+            // finalizer): keep that one; ours must not close the fd.
+            Some(s) => {
+                let s = s.bind(py).clone();
+                drop(st);
+                sock.call_method0(intern!(py, "detach"))?;
+                Ok(Some(s))
+            }
+            None => {
+                st.sock = Some(sock.clone().unbind());
+                Ok(Some(sock))
+            }
+        }
+    }
+
+    /// getsockname()/getpeername() as asyncio's `_extra` holds them.
+    fn name<'py>(slf: &Bound<'py, Self>, peer: bool) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let addr = if peer { &this.peer } else { &this.local };
+        let Some(addr) = addr else {
+            return Ok(py.None().into_bound(py));
+        };
+        if let Some(obj) = addr.to_py(py)? {
+            return Ok(obj);
+        }
+        // A family sockaddr does not convert: ask the socket module.
+        let Some(sock) = Self::socket(slf)? else {
+            return Ok(py.None().into_bound(py));
+        };
+        let method = if peer {
+            intern!(py, "getpeername")
+        } else {
+            intern!(py, "getsockname")
+        };
+        Ok(sock
+            .call_method0(method)
+            .unwrap_or_else(|_| py.None().into_bound(py)))
+    }
+
+    /// `get_extra_info('socket')`: a `TransportSocket`, the same one on
+    /// every call.
+    fn transport_socket<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        if let Some(t) = &slf.get().state.lock().trsock {
+            return Ok(t.bind(py).clone());
+        }
+        let sock = match Self::socket(slf)? {
+            Some(s) => s,
+            // NOTE: closed before anyone asked: asyncio's would be a closed
+            // socket object; so is this one (same family and type).
+            None => {
+                let family = slf
+                    .get()
+                    .local
+                    .as_ref()
+                    .map_or(libc::AF_INET, |a| a.family());
+                let s = py
+                    .import(intern!(py, "socket"))?
+                    .getattr(intern!(py, "socket"))?
+                    .call1((family, libc::SOCK_STREAM))?;
+                s.call_method0(intern!(py, "close"))?;
+                s
+            }
+        };
+        let t = py
+            .import(intern!(py, "asyncio.trsock"))?
+            .getattr(intern!(py, "TransportSocket"))?
+            .call1((sock,))?;
+        let mut st = slf.get().state.lock();
+        Ok(st.trsock.get_or_insert_with(|| t.unbind()).bind(py).clone())
+    }
+}
+
+impl StreamTransport {
+    pub(crate) fn closing(&self) -> bool {
+        self.state.lock().closing
+    }
+}
+
+impl Drop for StreamTransport {
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        if !std::mem::replace(&mut st.open, false) {
+            return;
+        }
+        self.event_loop.get().set_transport_fd(self.fd, false);
+        if st.sock.is_none() {
+            // SAFETY: the fd is ours alone and still open (never closed:
+            // the shell's __del__ did not run); nothing else uses it.
+            unsafe { libc::close(self.fd) };
+        }
     }
 }
 
