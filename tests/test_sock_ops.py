@@ -430,3 +430,37 @@ def test_getaddrinfo_errors(loop, run):
 def test_getnameinfo(loop, run):
     res = run(loop.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV))
     assert res == ("127.0.0.1", "80")
+
+
+def test_second_recv_replaces_the_first_reader(loop, run, pair):
+    """As asyncio: a sock_recv (or add_reader) on an fd that already has a
+    waiting sock_recv replaces its reader; the first waits until cancelled."""
+    a, b = pair
+
+    async def main():
+        first = loop.create_task(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        second = loop.create_task(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        b.send(b"one")
+        assert await asyncio.wait_for(second, 5) == b"one"
+        await asyncio.sleep(0.02)
+        assert not first.done()
+        fired = loop.create_future()
+        third = loop.create_task(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+
+        def on_readable():
+            fired.set_result(loop.remove_reader(a))
+
+        loop.add_reader(a, on_readable)
+        b.send(b"two")
+        assert await asyncio.wait_for(fired, 5) is True
+        assert not third.done()
+        for t in (first, third):
+            t.cancel()
+        await asyncio.gather(first, third, return_exceptions=True)
+        assert await loop.sock_recv(a, 100) == b"two"
+
+    run(main())
+    assert loop.remove_reader(a) is False

@@ -56,21 +56,6 @@ def _try_op(fut, sock, method, *args):
         fut.set_result(result)
 
 
-def _recv_ready(fut, sock, n):
-    """sock_recv's watcher callback for a plain socket."""
-    if fut.done():
-        return
-    try:
-        data = _recv_nowait(sock.fileno(), n)
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        fut.set_exception(exc)
-    else:
-        if data is not None:
-            fut.set_result(data)
-
-
 def _is_numeric_host(host):
     """True for None and IP address literals: getaddrinfo answers those
     without a DNS query, so there is no need for a thread."""
@@ -114,11 +99,6 @@ class SocketsMixin:
         if handle is None or not handle.cancelled():
             self.remove_reader(fd)
 
-    def _sock_recv_done(self, fd, handle, fut):
-        # sock_recv's own reader on a plain socket: no transport to check.
-        if not handle.cancelled():
-            self._remove_reader(fd)
-
     def _sock_write_done(self, fd, fut, handle=None):
         if handle is None or not handle.cancelled():
             self.remove_writer(fd)
@@ -147,13 +127,11 @@ class SocketsMixin:
             data = _recv_nowait(fd, n)
             if data is not None:
                 return data
-            fut = self.create_future()
             # _ensure_fd_no_transport on its common case: no transport at all.
             if self._fd_has_transport(fd) or fd in self._transports.data:
                 self._ensure_fd_no_transport(fd)
-            handle = self._add_reader(fd, _recv_ready, fut, sock, n)
-            fut.add_done_callback(functools.partial(self._sock_recv_done, fd, handle))
-            return await fut
+            # A native reader that receives and resolves the future itself.
+            return await self._sock_recv_wait(fd, n)
         return await self._sock_read(sock, "recv", n)
 
     async def sock_recv_into(self, sock, buf):

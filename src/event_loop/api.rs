@@ -234,6 +234,17 @@ impl EventLoop {
         self.set_transport_fd(fd, owned);
     }
 
+    /// sock_recv's wait on a plain socket's fd: a future resolved with
+    /// `recv(n)` once the fd is readable (see `sock_recv.rs`).
+    fn _sock_recv_wait<'py>(
+        slf: &Bound<'py, Self>,
+        fd: RawFd,
+        n: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().check_usable()?;
+        super::sock_recv::SockRecvWaiter::start(slf, fd, n)
+    }
+
     /// Number of entries in the timer heap (asyncio's `len(loop._scheduled)`).
     fn _scheduled_count(&self) -> usize {
         self.core.lock().timers.len()

@@ -9,6 +9,7 @@ mod api;
 pub(crate) mod fastcall;
 mod fd_watch;
 mod ready;
+pub(crate) mod sock_recv;
 mod tasks;
 mod tick;
 pub(crate) mod watcher;

@@ -11,6 +11,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
 
+use super::sock_recv::SockRecvWaiter;
 use super::watcher::Ready;
 use super::{Core, EventLoop};
 use crate::clock;
@@ -230,6 +231,15 @@ impl EventLoop {
                 Ready::Stream(transport, dir) => {
                     StreamTransport::on_ready(transport.bind(py), slf, dir)
                 }
+                Ready::SockRecv(waiter) => match SockRecvWaiter::on_ready(waiter.bind(py)) {
+                    Err(err)
+                        if !(err.is_instance_of::<PyKeyboardInterrupt>(py)
+                            || err.is_instance_of::<PySystemExit>(py)) =>
+                    {
+                        Self::report_error(slf, "Exception in sock_recv's reader", err)
+                    }
+                    result => result,
+                },
             };
             if let Err(err) = result {
                 // Leave the rest for the next run, in order (asyncio's deque).
@@ -279,6 +289,18 @@ impl EventLoop {
             "_report_callback_error",
             (slf, handle, err.into_value(py)),
         )?;
+        Ok(())
+    }
+}
+
+impl EventLoop {
+    /// `call_exception_handler({'message': message, 'exception': err})`.
+    fn report_error(slf: &Bound<'_, Self>, message: &str, err: PyErr) -> PyResult<()> {
+        let py = slf.py();
+        let context = pyo3::types::PyDict::new(py);
+        context.set_item("message", message)?;
+        context.set_item("exception", err.into_value(py))?;
+        slf.call_method1(intern!(py, "call_exception_handler"), (context,))?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::sock_recv::SockRecvWaiter;
 use crate::handles::{self, Handle};
 use crate::io::fd_watchers::Direction;
 use crate::transports::stream::StreamTransport;
@@ -22,6 +23,8 @@ pub(crate) enum Watcher {
     Handle(Py<Handle>),
     /// A native stream transport's reader or writer.
     Stream(Py<StreamTransport>),
+    /// sock_recv waiting on a plain socket.
+    SockRecv(Py<SockRecvWaiter>),
 }
 
 /// An entry of the ready queue (asyncio's `_ready`).
@@ -29,13 +32,14 @@ pub(crate) enum Ready {
     Handle(Py<Handle>),
     /// A transport's fd is ready in this direction.
     Stream(Py<StreamTransport>, Direction),
+    SockRecv(Py<SockRecvWaiter>),
 }
 
 impl Watcher {
     pub(crate) fn is_cancelled(&self, py: Python<'_>) -> bool {
         match self {
             Watcher::Handle(h) => h.bind(py).get().is_cancelled(),
-            Watcher::Stream(_) => false,
+            Watcher::Stream(_) | Watcher::SockRecv(_) => false,
         }
     }
 
@@ -44,14 +48,20 @@ impl Watcher {
         match self {
             Watcher::Handle(h) => Ready::Handle(h.clone_ref(py)),
             Watcher::Stream(t) => Ready::Stream(t.clone_ref(py), dir),
+            Watcher::SockRecv(w) => Ready::SockRecv(w.clone_ref(py)),
         }
     }
 
     /// Cancels a replaced or removed add_reader/add_writer Handle (asyncio
-    /// does); a transport's registration has nothing to cancel.
+    /// does) or sock_recv wait; a transport's registration has nothing to
+    /// cancel.
     pub(crate) fn cancel(&self, py: Python<'_>) -> PyResult<()> {
-        if let Watcher::Handle(h) = self {
-            Handle::cancel_once(h.bind(py))?;
+        match self {
+            Watcher::Handle(h) => {
+                Handle::cancel_once(h.bind(py))?;
+            }
+            Watcher::SockRecv(w) => w.get().cancel(),
+            Watcher::Stream(_) => {}
         }
         Ok(())
     }
@@ -61,6 +71,7 @@ impl Watcher {
         match self {
             Watcher::Handle(h) => handles::release(py, h),
             Watcher::Stream(t) => drop(t),
+            Watcher::SockRecv(w) => drop(w),
         }
     }
 
@@ -68,6 +79,7 @@ impl Watcher {
         match self {
             Watcher::Handle(h) => visit.call(h),
             Watcher::Stream(t) => visit.call(t),
+            Watcher::SockRecv(w) => visit.call(w),
         }
     }
 }
@@ -77,6 +89,7 @@ impl Ready {
         match self {
             Ready::Handle(h) => handles::release(py, h),
             Ready::Stream(t, _) => drop(t),
+            Ready::SockRecv(w) => drop(w),
         }
     }
 
@@ -84,6 +97,7 @@ impl Ready {
         match self {
             Ready::Handle(h) => visit.call(h),
             Ready::Stream(t, _) => visit.call(t),
+            Ready::SockRecv(w) => visit.call(w),
         }
     }
 }
