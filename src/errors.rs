@@ -5,8 +5,14 @@
 //! through `os_error`, which keeps it (and lets `OSError.__new__` pick the
 //! subclass, e.g. `ConnectionResetError`).
 
-use pyo3::exceptions::PyOSError;
-use pyo3::PyErr;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit};
+use pyo3::{PyErr, Python};
+
+/// KeyboardInterrupt or SystemExit: what asyncio lets escape from a
+/// callback instead of reporting it (`except (SystemExit, KeyboardInterrupt): raise`).
+pub fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
 
 pub fn os_error(err: std::io::Error) -> PyErr {
     match err.raw_os_error() {

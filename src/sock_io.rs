@@ -83,14 +83,20 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> IoResult {
     classify(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
 }
 
-/// `sock.recv(n)` on fd, or None if it would block.
-#[pyfunction]
-pub fn recv_nowait(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>>> {
+/// `recv(n)` on fd into the scratch buffer, then a `bytes` of what
+/// arrived; None if it would block.
+pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'_, PyBytes>>> {
     with_scratch(n, |buf| match recv(fd, buf) {
-        IoResult::Done(got) => Ok(Some(PyBytes::new(py, &buf[..got]).unbind())),
+        IoResult::Done(got) => Ok(Some(PyBytes::new(py, &buf[..got]))),
         IoResult::WouldBlock => Ok(None),
         IoResult::Failed(e) => Err(errors::os_error(e)),
     })
+}
+
+/// `sock.recv(n)` on fd, or None if it would block.
+#[pyfunction]
+pub fn recv_nowait(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>>> {
+    Ok(recv_bytes(py, fd, n)?.map(Bound::unbind))
 }
 
 /// `sock.send(data)` on fd: the number of bytes sent (0 if it would block).

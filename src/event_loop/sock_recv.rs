@@ -15,14 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::PyDict;
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::watcher::Watcher;
 use super::EventLoop;
-use crate::errors;
 use crate::io::fd_watchers::Direction;
-use crate::sock_io::{recv, with_scratch, IoResult};
+use crate::sock_io::recv_bytes;
 
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
 pub struct SockRecvWaiter {
@@ -87,12 +86,7 @@ impl SockRecvWaiter {
         if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
             return Self::unregister(slf);
         }
-        let outcome = with_scratch(this.n, |buf| match recv(this.fd, buf) {
-            IoResult::Done(got) => Some(Ok(PyBytes::new(py, &buf[..got]))),
-            IoResult::WouldBlock => None,
-            IoResult::Failed(e) => Some(Err(errors::os_error(e))),
-        });
-        let Some(outcome) = outcome else {
+        let Some(outcome) = recv_bytes(py, this.fd, this.n).transpose() else {
             return Ok(()); // spurious wake-up: keep waiting
         };
         Self::unregister(slf)?;

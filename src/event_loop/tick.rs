@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 
@@ -232,10 +232,7 @@ impl EventLoop {
                     StreamTransport::on_ready(transport.bind(py), slf, dir)
                 }
                 Ready::SockRecv(waiter) => match SockRecvWaiter::on_ready(waiter.bind(py)) {
-                    Err(err)
-                        if !(err.is_instance_of::<PyKeyboardInterrupt>(py)
-                            || err.is_instance_of::<PySystemExit>(py)) =>
-                    {
+                    Err(err) if !errors::is_exit(py, &err) => {
                         Self::report_error(slf, "Exception in sock_recv's reader", err)
                     }
                     result => result,
@@ -281,7 +278,7 @@ impl EventLoop {
         let Err(err) = handle.get().run(py) else {
             return Ok(());
         };
-        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+        if errors::is_exit(py, &err) {
             return Err(err);
         }
         py::call_helper(

@@ -86,7 +86,6 @@ impl Acceptor {
     /// of the current context.
     fn adopt(slf: &Bound<'_, Self>, fd: RawFd, peer: SockAddr) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
         let context = match crate::py::copy_context(py) {
             Ok(c) => c,
             Err(e) => {
@@ -95,65 +94,84 @@ impl Acceptor {
                 return Err(e);
             }
         };
-        let run = || -> PyResult<()> {
-            let event_loop = this.event_loop.bind(py);
-            let mut protocol = None;
-            let mut core: Option<Bound<'_, StreamTransport>> = None;
-            let result = (|| {
-                let p = this.protocol_factory.bind(py).call0()?;
-                protocol = Some(p.clone());
-                let server = this.server.as_ref().map(|s| s.bind(py).clone());
-                let t = StreamTransport::accepted(
-                    event_loop,
-                    fd,
-                    peer,
-                    p.clone(),
-                    server.clone(),
-                    context.clone(),
-                )?;
-                let t = Bound::new(py, t)?;
-                core = Some(t.clone());
-                if this.nodelay {
-                    set_nodelay(fd);
-                }
-                this.adopt
-                    .bind(py)
-                    .call1((event_loop, t, p, server))
-                    .map(|_| ())
-            })();
-            let Err(err) = result else {
-                return Ok(());
-            };
-            // The transport owns the fd once it exists; before that, we do.
-            match &core {
-                Some(t) => t.call_method0(intern!(py, "_close_fd")).map(|_| ())?,
-                // SAFETY: accepted above, owned by nothing else yet.
-                None => unsafe {
-                    libc::close(fd);
-                },
+        crate::py::run_in_context(py, &context, || {
+            let (mut protocol, mut core) = (None, None);
+            match Self::connect(slf, fd, peer, &context, &mut protocol, &mut core) {
+                Ok(()) => Ok(()),
+                Err(err) => Self::abandon(slf, fd, protocol, core, err),
             }
-            if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
-                || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
-            {
-                return Err(err);
+        })
+    }
+
+    /// Makes the protocol and the transport for `fd`; on failure, `protocol`
+    /// and `core` hold what was made before it.
+    fn connect<'py>(
+        slf: &Bound<'py, Self>,
+        fd: RawFd,
+        peer: SockAddr,
+        context: &Bound<'py, PyAny>,
+        protocol: &mut Option<Bound<'py, PyAny>>,
+        core: &mut Option<Bound<'py, StreamTransport>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let event_loop = this.event_loop.bind(py);
+        let p = protocol
+            .insert(this.protocol_factory.bind(py).call0()?)
+            .clone();
+        let server = this.server.as_ref().map(|s| s.bind(py).clone());
+        let t = StreamTransport::accepted(
+            event_loop,
+            fd,
+            peer,
+            p.clone(),
+            server.clone(),
+            context.clone(),
+        )?;
+        let t = core.insert(Bound::new(py, t)?).clone();
+        if this.nodelay {
+            set_nodelay(fd);
+        }
+        this.adopt.bind(py).call1((event_loop, t, p, server))?;
+        Ok(())
+    }
+
+    /// A connection whose protocol or transport could not be made: close
+    /// it; KeyboardInterrupt/SystemExit propagate, other errors are
+    /// reported in debug mode only (as asyncio does).
+    fn abandon(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        protocol: Option<Bound<'_, PyAny>>,
+        core: Option<Bound<'_, StreamTransport>>,
+        err: PyErr,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        // The transport owns the fd once it exists; before that, we do.
+        match &core {
+            Some(t) => StreamTransport::close_fd(t)?,
+            // SAFETY: accepted above, owned by nothing else yet.
+            None => unsafe {
+                libc::close(fd);
+            },
+        }
+        if errors::is_exit(py, &err) {
+            return Err(err);
+        }
+        let event_loop = slf.get().event_loop.bind(py);
+        if event_loop.get().debug_enabled() {
+            let ctx = pyo3::types::PyDict::new(py);
+            ctx.set_item(
+                "message",
+                "Error on transport creation for incoming connection",
+            )?;
+            ctx.set_item("exception", err.into_value(py))?;
+            if let Some(p) = protocol {
+                ctx.set_item("protocol", p)?;
             }
-            // asyncio reports a failed protocol factory or transport only
-            // in debug mode.
-            if event_loop.get().debug_enabled() {
-                let ctx = pyo3::types::PyDict::new(py);
-                ctx.set_item(
-                    "message",
-                    "Error on transport creation for incoming connection",
-                )?;
-                ctx.set_item("exception", err.into_value(py))?;
-                if let Some(p) = protocol {
-                    ctx.set_item("protocol", p)?;
-                }
-                event_loop.call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
-            }
-            Ok(())
-        };
-        crate::py::run_in_context(py, &context, run)
+            event_loop.call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+        }
+        Ok(())
     }
 }
 

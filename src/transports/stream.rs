@@ -31,7 +31,7 @@ use crate::event_loop::watcher::Watcher;
 use crate::event_loop::EventLoop;
 use crate::handles::Handle;
 use crate::io::fd_watchers::Direction;
-use crate::sock_io::{recv, send, IoResult};
+use crate::sock_io::{recv, recv_bytes, send, IoResult};
 use crate::sockaddr::SockAddr;
 
 /// asyncio's `max_size`: the most one read takes from the socket.
@@ -140,6 +140,8 @@ pub struct StreamTransport {
 }
 
 static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static TRANSPORT_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     let cls = BUFFERED_PROTOCOL.import(protocol.py(), "asyncio", "BufferedProtocol")?;
@@ -331,7 +333,7 @@ impl StreamTransport {
     /// exception handler (KeyboardInterrupt / SystemExit propagate).
     fn report_protocol_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
-        if is_exit(py, &err) {
+        if errors::is_exit(py, &err) {
             return Err(err);
         }
         let this = slf.get();
@@ -351,21 +353,10 @@ impl StreamTransport {
         let this = slf.get();
         // The thread's scratch buffer: only what arrived is copied into the
         // `bytes` handed to data_received.
-        let data = crate::sock_io::with_scratch(MAX_READ, |buf| match recv(this.fd, buf) {
-            IoResult::Done(n) => Ok(Some(PyBytes::new(py, &buf[..n]))),
-            IoResult::WouldBlock => Ok(None),
-            IoResult::Failed(e) => Err(e),
-        });
-        let data = match data {
+        let data = match recv_bytes(py, this.fd, MAX_READ) {
             Ok(Some(d)) => d,
             Ok(None) => return Ok(()),
-            Err(e) => {
-                return Self::fatal_error(
-                    slf,
-                    errors::os_error(e),
-                    "Fatal read error on socket transport",
-                )
-            }
+            Err(e) => return Self::fatal_error(slf, e, "Fatal read error on socket transport"),
         };
         if data.as_bytes().is_empty() {
             return Self::on_eof(slf);
@@ -375,7 +366,7 @@ impl StreamTransport {
         };
         let result = protocol.call_method1(intern!(py, "data_received"), (data,));
         if let Err(e) = result {
-            if is_exit(py, &e) {
+            if errors::is_exit(py, &e) {
                 return Err(e);
             }
             return Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.");
@@ -401,7 +392,7 @@ impl StreamTransport {
         });
         let mut view = match buf {
             Ok(v) => v,
-            Err(e) if is_exit(py, &e) => return Err(e),
+            Err(e) if errors::is_exit(py, &e) => return Err(e),
             Err(e) => {
                 return Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")
             }
@@ -424,7 +415,7 @@ impl StreamTransport {
         }
         let updated = protocol.call_method1(intern!(py, "buffer_updated"), (n,));
         if let Err(e) = updated {
-            if is_exit(py, &e) {
+            if errors::is_exit(py, &e) {
                 return Err(e);
             }
             return Self::fatal_error(
@@ -443,11 +434,6 @@ impl StreamTransport {
         }
         Ok(())
     }
-}
-
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
-        || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
 }
 
 #[pymethods]
@@ -843,7 +829,7 @@ impl StreamTransport {
         };
         match result {
             Ok(()) => Ok(()),
-            Err(e) if is_exit(py, &e) => Err(e),
+            Err(e) if errors::is_exit(py, &e) => Err(e),
             Err(e) => {
                 let handle = Self::as_handle(slf, event_loop, dir, context)?;
                 crate::py::call_helper(
@@ -1045,7 +1031,7 @@ impl StreamTransport {
 
     /// Closes the socket (asyncio's `self._sock.close()`): through the
     /// Python socket object if there is one, else the fd itself.
-    fn close_fd(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn close_fd(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let sock = {
@@ -1158,9 +1144,8 @@ impl StreamTransport {
         // socket.socket(fileno=fd) reads family, type and proto from the fd.
         let kwargs = pyo3::types::PyDict::new(py);
         kwargs.set_item(intern!(py, "fileno"), this.fd)?;
-        let sock = py
-            .import(intern!(py, "socket"))?
-            .getattr(intern!(py, "socket"))?
+        let sock = SOCKET
+            .import(py, "socket", "socket")?
             .call((), Some(&kwargs))?;
         sock.call_method1(intern!(py, "setblocking"), (false,))?;
         let mut st = this.state.lock();
@@ -1222,17 +1207,15 @@ impl StreamTransport {
                     .local
                     .as_ref()
                     .map_or(libc::AF_INET, |a| a.family());
-                let s = py
-                    .import(intern!(py, "socket"))?
-                    .getattr(intern!(py, "socket"))?
+                let s = SOCKET
+                    .import(py, "socket", "socket")?
                     .call1((family, libc::SOCK_STREAM))?;
                 s.call_method0(intern!(py, "close"))?;
                 s
             }
         };
-        let t = py
-            .import(intern!(py, "asyncio.trsock"))?
-            .getattr(intern!(py, "TransportSocket"))?
+        let t = TRANSPORT_SOCKET
+            .import(py, "asyncio.trsock", "TransportSocket")?
             .call1((sock,))?;
         let mut st = slf.get().state.lock();
         Ok(st.trsock.get_or_insert_with(|| t.unbind()).bind(py).clone())
