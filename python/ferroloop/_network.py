@@ -18,30 +18,18 @@ only use the loop's public API plus the hooks defined here
 
 import errno
 import os
-import socket
 import stat
 import sys
 from asyncio import base_events, constants, selector_events, sslproto, trsock, unix_events
 
 from . import _ferroloop
-from ._transports import DatagramTransport, SocketTransport
+from ._transports import DatagramTransport, SocketTransport, _is_tcp
 
 _BaseLoop = base_events.BaseEventLoop
 _SelectorLoop = selector_events.BaseSelectorEventLoop
 _UnixLoop = unix_events._UnixSelectorEventLoop
 
 _PY313 = sys.version_info >= (3, 13)
-
-
-def _is_tcp(sock):
-    """Whether asyncio's _set_nodelay would set TCP_NODELAY on sockets
-    accepted from *sock* (they inherit its family, type and proto)."""
-    return (
-        hasattr(socket, "TCP_NODELAY")
-        and sock.family in (socket.AF_INET, socket.AF_INET6)
-        and sock.type == socket.SOCK_STREAM
-        and sock.proto == socket.IPPROTO_TCP
-    )
 
 
 class NetworkMixin:
@@ -79,8 +67,15 @@ class NetworkMixin:
         """Start accepting on *sock*: natively (``transports/accept.rs``), or
         with asyncio's own accept loop for TLS servers and in debug mode
         (where asyncio logs every connection)."""
-        args = (protocol_factory, sock, sslcontext, server, backlog)
-        args += (ssl_handshake_timeout, ssl_shutdown_timeout)
+        args = (
+            protocol_factory,
+            sock,
+            sslcontext,
+            server,
+            backlog,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
         if sslcontext is not None or self._debug:
             return _SelectorLoop._start_serving(self, *args)
 

@@ -27,14 +27,20 @@ def _delegate(name):
     return method
 
 
-def _set_nodelay(sock):
-    """TCP_NODELAY on TCP sockets, as asyncio sets it."""
-    if (
+def _is_tcp(sock):
+    """Whether asyncio's _set_nodelay sets TCP_NODELAY on *sock* (sockets
+    accepted from a listener inherit its family, type and proto)."""
+    return (
         hasattr(socket, "TCP_NODELAY")
         and sock.family in (socket.AF_INET, socket.AF_INET6)
         and sock.type == socket.SOCK_STREAM
         and sock.proto == socket.IPPROTO_TCP
-    ):
+    )
+
+
+def _set_nodelay(sock):
+    """TCP_NODELAY on TCP sockets, as asyncio sets it."""
+    if _is_tcp(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
