@@ -9,6 +9,19 @@
 //! with their token like any other. Tokens `USER_TOKEN_BASE + fd` never
 //! collide with mio's reserved tokens (waker, timerfd, signal fd).
 //!
+//! NOTE: removing an fd's last callback *parks* its registration instead of
+//! deleting it: `EPOLL_CTL_MOD` to `EPOLLONESHOT` with no events, which
+//! reports nothing but (at most once) EPOLLERR/EPOLLHUP, both ignored for an
+//! fd without callbacks. The next callback for that fd re-arms it with one
+//! `EPOLL_CTL_MOD`. asyncio's waits (`sock_recv`, `sock_sendall`, ...) add
+//! and remove a callback per wait; a MOD pair costs ~0.7 µs where ADD + DEL
+//! cost ~1.6 µs (they allocate and free the kernel's epitem). A parked
+//! registration never needs deleting: closing the fd removes it, and if the
+//! file outlives the fd (dup, fork), the oneshot flag keeps it silent after
+//! one report, where a level-triggered leftover would wake every poll. A
+//! parked fd number that now names another file answers MOD with ENOENT,
+//! and is then added.
+//!
 //! NOTE: registration only needs the epoll fd, not the poller's lock (which
 //! the loop holds while blocked in `epoll_wait`), so another thread calling
 //! `add_reader` never waits for the loop to wake up. The caller serialises
@@ -17,6 +30,8 @@
 
 use std::io;
 use std::os::fd::RawFd;
+
+use super::fd_set::FdSet;
 
 /// Tokens at and above this value are user fds (`token - USER_TOKEN_BASE`).
 pub const USER_TOKEN_BASE: usize = 1 << 32;
@@ -104,6 +119,9 @@ impl<V> FdMap<V> {
 
 pub struct FdWatchers<T> {
     watches: FdMap<Watch<T>>,
+    /// fds without callbacks whose registration is parked (see the NOTE at
+    /// the top): a new callback re-arms them with MOD instead of ADD.
+    parked: FdSet,
 }
 
 impl<T> Default for FdWatchers<T> {
@@ -113,6 +131,7 @@ impl<T> Default for FdWatchers<T> {
                 slots: Vec::new(),
                 len: 0,
             },
+            parked: FdSet::default(),
         }
     }
 }
@@ -166,7 +185,12 @@ impl<T> FdWatchers<T> {
                     Direction::Read => w.reader = Some(handle),
                     Direction::Write => w.writer = Some(handle),
                 }
-                epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, w.epoll_events())?;
+                if self.parked.contains(fd) {
+                    modify(epfd, fd, w.epoll_events())?;
+                    self.parked.remove(fd);
+                } else {
+                    add(epfd, fd, w.epoll_events())?;
+                }
                 self.watches.insert(fd, w);
                 Ok((None, true))
             }
@@ -226,10 +250,12 @@ impl<T> FdWatchers<T> {
             };
             return Ok((old, false));
         }
-        // NOTE: as selectors' unregister, a failing EPOLL_CTL_DEL (the fd
-        // was closed meanwhile, which already removed it from the epoll
-        // set) is ignored.
-        let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
+        // NOTE: as selectors' unregister ignores a failing EPOLL_CTL_DEL, a
+        // failing park (the fd was closed meanwhile, which already removed
+        // it from the epoll set) only means there is nothing to park.
+        if epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, libc::EPOLLONESHOT as u32).is_ok() {
+            self.parked.insert(fd);
+        }
         let w = self.watches.remove(fd);
         let old = w.and_then(|w| match dir {
             Direction::Read => w.reader,
@@ -285,6 +311,7 @@ impl<T> FdWatchers<T> {
     /// Every registered callback, leaving nothing registered (loop close:
     /// the epoll fd goes away with them).
     pub fn drain(&mut self) -> Vec<T> {
+        self.parked = FdSet::default();
         let mut all = Vec::new();
         for w in self.watches.drain() {
             all.extend(w.reader);
@@ -303,6 +330,17 @@ impl<T> FdWatchers<T> {
                 f(wr);
             }
         }
+    }
+}
+
+/// EPOLL_CTL_ADD, falling back to EPOLL_CTL_MOD when the fd is already in
+/// the set (parked under a number we no longer track as parked).
+fn add(epfd: RawFd, fd: RawFd, events: u32) -> io::Result<()> {
+    match epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events)
+        }
+        r => r,
     }
 }
 
@@ -444,6 +482,73 @@ mod tests {
         let err = fw.add(e, 1 << 20, Direction::Read, 2).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
         assert!(fw.is_empty());
+    }
+
+    #[test]
+    fn parked_registration_is_silent_and_rearmed() {
+        let ep = epoll();
+        let e = ep.as_raw_fd();
+        let (r, w) = pipe();
+        let fd = r.as_raw_fd();
+        let mut fw = FdWatchers::default();
+        fw.add(e, fd, Direction::Read, 1).unwrap();
+        // SAFETY: writes one byte from a static buffer to our pipe.
+        assert_eq!(
+            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
+        assert_eq!(wait(&ep).len(), 1);
+        assert_eq!(fw.remove(e, fd, Direction::Read).unwrap(), (Some(1), true));
+        assert!(fw.parked.contains(fd));
+        // Parked: readable, yet nothing is reported.
+        assert!(wait(&ep).is_empty());
+        // Re-armed by MOD: level-triggered again.
+        assert_eq!(fw.add(e, fd, Direction::Read, 2).unwrap(), (None, true));
+        assert!(!fw.parked.contains(fd));
+        assert_eq!(wait(&ep).len(), 1);
+        assert_eq!(wait(&ep).len(), 1);
+        fw.remove(e, fd, Direction::Read).unwrap();
+        // The writer's hang-up reaches a parked reader at most once.
+        drop(w);
+        assert!(wait(&ep).len() <= 1);
+        assert!(wait(&ep).is_empty());
+        // A closed parked fd whose number is reused by another file is added.
+        drop(r);
+        let (r2, _w2) = pipe();
+        assert_eq!(r2.as_raw_fd(), fd);
+        assert_eq!(fw.add(e, fd, Direction::Write, 3).unwrap(), (None, true));
+        assert_eq!(fw.add(e, fd, Direction::Read, 4).unwrap(), (None, false));
+        assert!(!fw.parked.contains(fd));
+    }
+
+    #[test]
+    fn parked_registration_of_a_file_outliving_its_fd_stays_quiet() {
+        let ep = epoll();
+        let e = ep.as_raw_fd();
+        let (r, w) = pipe();
+        let fd = r.as_raw_fd();
+        // SAFETY: dup of our own open fd; the copy is owned below.
+        let copy = unsafe { libc::dup(fd) };
+        assert!(copy >= 0);
+        // SAFETY: `copy` is a new fd owned by nothing else.
+        let copy = unsafe { OwnedFd::from_raw_fd(copy) };
+        let mut fw = FdWatchers::default();
+        fw.add(e, fd, Direction::Read, 1).unwrap();
+        fw.remove(e, fd, Direction::Read).unwrap();
+        // The fd closes but its file lives on in `copy`: the registration
+        // stays in the epoll set, and nobody can delete it any more.
+        drop(r);
+        // SAFETY: writes one byte from a static buffer to our pipe.
+        assert_eq!(
+            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
+        drop(w);
+        // Readable and hung up, yet reported at most once.
+        assert!(wait(&ep).len() <= 1);
+        assert!(wait(&ep).is_empty());
+        assert!(wait(&ep).is_empty());
+        drop(copy);
     }
 
     #[test]
