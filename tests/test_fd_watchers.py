@@ -3,6 +3,7 @@
 import os
 import socket
 import tempfile
+import time
 
 import pytest
 
@@ -318,3 +319,41 @@ def test_many_fds(loop, run_forever):
             a.close()
             b.close()
     assert got == set(range(200))
+
+
+
+def test_removed_reader_of_a_file_outliving_its_fd_stays_quiet(loop, run_forever):
+    # remove_reader, then the fd closes while a dup keeps its file open and
+    # the peer writes and hangs up: the old file is readable forever, and
+    # the loop must not keep waking for it (it would spin at 100% CPU).
+    a, b = socket.socketpair()
+    keep = a.dup()
+    try:
+        fd = a.fileno()
+        loop.add_reader(fd, print)
+        assert loop.remove_reader(fd) is True
+        a.close()
+        b.send(b"data")
+        b.close()
+        start = time.process_time()
+        loop.call_later(0.3, loop.stop)
+        run_forever()
+        assert time.process_time() - start < 0.15
+        # The number, reused by a new socket, reports that socket's events.
+        c, d = socket.socketpair()
+        try:
+            seen = []
+            loop.add_reader(c, lambda: seen.append(c.recv(10)))
+            loop.call_later(0.05, loop.stop)
+            run_forever()
+            assert seen == []
+            d.send(b"x")
+            loop.call_later(0.05, loop.stop)
+            run_forever()
+            assert seen == [b"x"]
+            assert loop.remove_reader(c) is True
+        finally:
+            c.close()
+            d.close()
+    finally:
+        keep.close()
