@@ -464,3 +464,27 @@ def test_second_recv_replaces_the_first_reader(loop, run, pair):
 
     run(main())
     assert loop.remove_reader(a) is False
+
+
+def test_recv_woken_with_nothing_to_read_keeps_waiting(loop, run, pair):
+    """A waiting sock_recv whose socket is drained by someone else in the
+    same tick (a spurious wake-up) keeps waiting and gets the next data."""
+    a, b = pair
+    drained = []
+
+    async def main():
+        fut = loop.create_task(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        for chunk in (b"first", b"again"):
+            b.send(chunk)
+            # Runs in the next tick before the waiting reader: it finds the
+            # socket readable, then empty.
+            loop.call_soon(lambda: drained.append(a.recv(100)))
+            await asyncio.sleep(0.02)
+            assert not fut.done()
+        b.send(b"second")
+        assert await asyncio.wait_for(fut, 5) == b"second"
+
+    run(main())
+    assert drained == [b"first", b"again"]
+    assert loop.remove_reader(a) is False

@@ -107,6 +107,10 @@ impl EventLoop {
             let mut core = this.core.lock();
             if this.closed_flag() {
                 Err(super::closed_error())
+            } else if dir == Direction::Read && watcher.wants_one_wake_up() {
+                core.watchers
+                    .add_oneshot_reader(this.epoll_fd, fd, watcher)
+                    .map_err(errors::os_error)
             } else {
                 core.watchers
                     .add(this.epoll_fd, fd, dir, watcher)
@@ -153,6 +157,18 @@ impl EventLoop {
             }
             None => Ok(false),
         }
+    }
+
+    /// Arms `fd`'s oneshot reader again after a wake-up that found nothing
+    /// to read (see `FdWatchers::add_oneshot_reader`).
+    pub(crate) fn rearm_watch(&self, fd: RawFd) -> PyResult<()> {
+        let mut core = self.core.lock();
+        if self.closed_flag() {
+            return Ok(());
+        }
+        core.watchers
+            .rearm(self.epoll_fd, fd)
+            .map_err(errors::os_error)
     }
 
     /// Records whether `fd` belongs to an open native stream transport

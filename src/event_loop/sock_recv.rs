@@ -87,7 +87,16 @@ impl SockRecvWaiter {
             return Self::unregister(slf);
         }
         let Some(outcome) = recv_bytes(py, this.fd, this.n).transpose() else {
-            return Ok(()); // spurious wake-up: keep waiting
+            // A spurious wake-up: keep waiting (the oneshot registration
+            // needs arming again).
+            return match this.event_loop.get().rearm_watch(this.fd) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    Self::unregister(slf)?;
+                    fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?;
+                    Ok(())
+                }
+            };
         };
         Self::unregister(slf)?;
         match outcome {

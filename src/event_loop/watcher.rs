@@ -43,6 +43,12 @@ impl Watcher {
         }
     }
 
+    /// Done after one wake-up (a sock_recv wait), so it can be armed with
+    /// EPOLLONESHOT (see `FdWatchers::add_oneshot_reader`).
+    pub(crate) fn wants_one_wake_up(&self) -> bool {
+        matches!(self, Watcher::SockRecv(_))
+    }
+
     /// The ready-queue entry for an event in `dir`.
     pub(crate) fn ready(&self, py: Python<'_>, dir: Direction) -> Ready {
         match self {

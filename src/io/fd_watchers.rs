@@ -46,6 +46,12 @@ pub fn token_fd(token: usize) -> Option<RawFd> {
 struct Watch<T> {
     reader: Option<T>,
     writer: Option<T>,
+    /// Armed with EPOLLONESHOT for a reader that needs one wake-up (see
+    /// `add_oneshot_reader`); only ever with no writer.
+    oneshot: bool,
+    /// A oneshot registration whose event was reported: the kernel has
+    /// disabled it.
+    fired: bool,
 }
 
 impl<T> Watch<T> {
@@ -180,6 +186,8 @@ impl<T> FdWatchers<T> {
                 let mut w = Watch {
                     reader: None,
                     writer: None,
+                    oneshot: false,
+                    fired: false,
                 };
                 match dir {
                     Direction::Read => w.reader = Some(handle),
@@ -199,7 +207,17 @@ impl<T> FdWatchers<T> {
                     Direction::Read => w.reader.is_some(),
                     Direction::Write => w.writer.is_some(),
                 };
-                if !had_dir {
+                if w.oneshot {
+                    // Anything else on a oneshot fd makes it level-triggered.
+                    let wanted = w.epoll_events()
+                        | match dir {
+                            Direction::Read => libc::EPOLLIN as u32,
+                            Direction::Write => libc::EPOLLOUT as u32,
+                        };
+                    modify(epfd, fd, wanted)?;
+                    w.oneshot = false;
+                    w.fired = false;
+                } else if !had_dir {
                     let wanted = w.epoll_events()
                         | match dir {
                             Direction::Read => libc::EPOLLIN as u32,
@@ -213,6 +231,50 @@ impl<T> FdWatchers<T> {
                 };
                 Ok((slot.replace(handle), false))
             }
+        }
+    }
+
+    /// `add` for a reader that needs one wake-up (a `sock_recv` wait): an fd
+    /// with no other callback is armed with EPOLLONESHOT, so the kernel
+    /// disables it when it reports the event and removing the reader after
+    /// that costs no syscall. A reader that found nothing to read after all
+    /// calls `rearm`.
+    pub fn add_oneshot_reader(
+        &mut self,
+        epfd: RawFd,
+        fd: RawFd,
+        handle: T,
+    ) -> io::Result<(Option<T>, bool)> {
+        if self.watches.get(fd).is_some() {
+            return self.add(epfd, fd, Direction::Read, handle);
+        }
+        let events = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
+        if self.parked.contains(fd) {
+            modify(epfd, fd, events)?;
+            self.parked.remove(fd);
+        } else {
+            add(epfd, fd, events)?;
+        }
+        let w = Watch {
+            reader: Some(handle),
+            writer: None,
+            oneshot: true,
+            fired: false,
+        };
+        self.watches.insert(fd, w);
+        Ok((None, true))
+    }
+
+    /// Arms a fired oneshot registration of `fd` again (its reader woke up
+    /// to nothing: a spurious wake-up). Anything else is left as it is.
+    pub fn rearm(&mut self, epfd: RawFd, fd: RawFd) -> io::Result<()> {
+        match self.watches.get_mut(fd) {
+            Some(w) if w.oneshot && w.fired => {
+                modify(epfd, fd, (libc::EPOLLIN | libc::EPOLLONESHOT) as u32)?;
+                w.fired = false;
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -238,6 +300,8 @@ impl<T> FdWatchers<T> {
             Direction::Read => w.writer.is_some(),
             Direction::Write => w.reader.is_some(),
         };
+        // A fired oneshot registration is disabled already: that is parked.
+        let fired = w.oneshot && w.fired;
         if keep {
             let left = match dir {
                 Direction::Read => libc::EPOLLOUT as u32,
@@ -253,7 +317,7 @@ impl<T> FdWatchers<T> {
         // NOTE: as selectors' unregister ignores a failing EPOLL_CTL_DEL, a
         // failing park (the fd was closed meanwhile, which already removed
         // it from the epoll set) only means there is nothing to park.
-        if epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, libc::EPOLLONESHOT as u32).is_ok() {
+        if fired || epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, libc::EPOLLONESHOT as u32).is_ok() {
             self.parked.insert(fd);
         }
         let w = self.watches.remove(fd);
@@ -279,6 +343,9 @@ impl<T> FdWatchers<T> {
         dropped: &mut Vec<T>,
     ) -> usize {
         let (fd, read, write) = event;
+        if let Some(w) = self.watches.get_mut(fd) {
+            w.fired |= w.oneshot;
+        }
         let mut unregistered = 0;
         for (dir, wanted) in [(Direction::Read, read), (Direction::Write, write)] {
             if !wanted {
@@ -549,6 +616,83 @@ mod tests {
         assert!(wait(&ep).is_empty());
         assert!(wait(&ep).is_empty());
         drop(copy);
+    }
+
+    #[test]
+    fn oneshot_reader_wakes_once_until_rearmed() {
+        let ep = epoll();
+        let e = ep.as_raw_fd();
+        let (r, w) = pipe();
+        let fd = r.as_raw_fd();
+        let mut fw = FdWatchers::default();
+        assert_eq!(fw.add_oneshot_reader(e, fd, 1).unwrap(), (None, true));
+        // SAFETY: writes one byte from a static buffer to our pipe.
+        assert_eq!(
+            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
+        let ev = wait(&ep);
+        assert_eq!(ev.len(), 1);
+        let mut run = Vec::new();
+        fw.on_ready(
+            e,
+            (fd, true, false),
+            |_| false,
+            |h, _| run.push(*h),
+            &mut Vec::new(),
+        );
+        assert_eq!(run, vec![1]);
+        // Not drained, yet disabled until re-armed.
+        assert!(wait(&ep).is_empty());
+        fw.rearm(e, fd).unwrap();
+        assert_eq!(wait(&ep).len(), 1);
+        fw.on_ready(e, (fd, true, false), |_| false, |_, _| (), &mut Vec::new());
+        // Removing a fired oneshot reader parks it (nothing to disable).
+        assert_eq!(fw.remove(e, fd, Direction::Read).unwrap(), (Some(1), true));
+        assert!(fw.parked.contains(fd));
+        assert!(wait(&ep).is_empty());
+        // A plain reader re-arms it level-triggered.
+        fw.add(e, fd, Direction::Read, 2).unwrap();
+        assert_eq!(wait(&ep).len(), 1);
+        assert_eq!(wait(&ep).len(), 1);
+        fw.remove(e, fd, Direction::Read).unwrap();
+        // An unfired oneshot reader is parked by MOD; a second one re-arms.
+        fw.add_oneshot_reader(e, fd, 3).unwrap();
+        fw.remove(e, fd, Direction::Read).unwrap();
+        assert!(wait(&ep).is_empty());
+        fw.add_oneshot_reader(e, fd, 4).unwrap();
+        assert_eq!(wait(&ep).len(), 1);
+    }
+
+    #[test]
+    fn oneshot_reader_joined_by_a_writer_turns_level_triggered() {
+        let ep = epoll();
+        let e = ep.as_raw_fd();
+        let (r, w) = pipe();
+        let fd = r.as_raw_fd();
+        let mut fw = FdWatchers::default();
+        fw.add_oneshot_reader(e, fd, 1).unwrap();
+        // SAFETY: writes one byte from a static buffer to our pipe.
+        assert_eq!(
+            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
+        assert_eq!(wait(&ep).len(), 1);
+        fw.on_ready(e, (fd, true, false), |_| false, |_, _| (), &mut Vec::new());
+        // A second reader on the fd (fired and disabled) re-enables it.
+        assert_eq!(fw.add(e, fd, Direction::Read, 2).unwrap(), (Some(1), false));
+        assert_eq!(wait(&ep).len(), 1);
+        assert_eq!(wait(&ep).len(), 1);
+        // Rearm of a level-triggered fd does nothing.
+        fw.rearm(e, fd).unwrap();
+        assert_eq!(fw.remove(e, fd, Direction::Read).unwrap(), (Some(2), true));
+        assert!(wait(&ep).is_empty());
+        // Oneshot reader plus a writer: both level-triggered.
+        fw.add_oneshot_reader(e, fd, 3).unwrap();
+        fw.add(e, fd, Direction::Write, 4).unwrap();
+        assert_eq!(wait(&ep).len(), 1);
+        assert_eq!(wait(&ep).len(), 1);
+        assert!(fw.has(fd, Direction::Read) && fw.has(fd, Direction::Write));
     }
 
     #[test]
