@@ -193,12 +193,7 @@ impl<T> FdWatchers<T> {
                     Direction::Read => w.reader = Some(handle),
                     Direction::Write => w.writer = Some(handle),
                 }
-                if self.parked.contains(fd) {
-                    modify(epfd, fd, w.epoll_events())?;
-                    self.parked.remove(fd);
-                } else {
-                    add(epfd, fd, w.epoll_events())?;
-                }
+                self.register(epfd, fd, w.epoll_events())?;
                 self.watches.insert(fd, w);
                 Ok((None, true))
             }
@@ -248,13 +243,7 @@ impl<T> FdWatchers<T> {
         if self.watches.get(fd).is_some() {
             return self.add(epfd, fd, Direction::Read, handle);
         }
-        let events = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
-        if self.parked.contains(fd) {
-            modify(epfd, fd, events)?;
-            self.parked.remove(fd);
-        } else {
-            add(epfd, fd, events)?;
-        }
+        self.register(epfd, fd, (libc::EPOLLIN | libc::EPOLLONESHOT) as u32)?;
         let w = Watch {
             reader: Some(handle),
             writer: None,
@@ -263,6 +252,18 @@ impl<T> FdWatchers<T> {
         };
         self.watches.insert(fd, w);
         Ok((None, true))
+    }
+
+    /// Registers `fd`, which has no callbacks, for `events`: a parked
+    /// registration is re-armed, anything else added.
+    fn register(&mut self, epfd: RawFd, fd: RawFd, events: u32) -> io::Result<()> {
+        if self.parked.contains(fd) {
+            modify(epfd, fd, events)?;
+            self.parked.remove(fd);
+            Ok(())
+        } else {
+            add(epfd, fd, events)
+        }
     }
 
     /// Arms a fired oneshot registration of `fd` again (its reader woke up
