@@ -321,7 +321,6 @@ def test_many_fds(loop, run_forever):
     assert got == set(range(200))
 
 
-
 def test_removed_reader_of_a_file_outliving_its_fd_stays_quiet(loop, run_forever):
     # remove_reader, then the fd closes while a dup keeps its file open and
     # the peer writes and hangs up: the old file is readable forever, and
