@@ -202,8 +202,9 @@ impl<T> FdWatchers<T> {
                     Direction::Read => w.reader.is_some(),
                     Direction::Write => w.writer.is_some(),
                 };
-                if w.oneshot {
-                    // Anything else on a oneshot fd makes it level-triggered.
+                // A new direction widens the registration; anything else on
+                // a oneshot fd makes it level-triggered.
+                if w.oneshot || !had_dir {
                     let wanted = w.epoll_events()
                         | match dir {
                             Direction::Read => libc::EPOLLIN as u32,
@@ -212,13 +213,6 @@ impl<T> FdWatchers<T> {
                     modify(epfd, fd, wanted)?;
                     w.oneshot = false;
                     w.fired = false;
-                } else if !had_dir {
-                    let wanted = w.epoll_events()
-                        | match dir {
-                            Direction::Read => libc::EPOLLIN as u32,
-                            Direction::Write => libc::EPOLLOUT as u32,
-                        };
-                    modify(epfd, fd, wanted)?;
                 }
                 let slot = match dir {
                     Direction::Read => &mut w.reader,
