@@ -83,14 +83,24 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> IoResult {
     classify(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
 }
 
-/// `recv(n)` on fd into the scratch buffer, then a `bytes` of what
-/// arrived; None if it would block.
-pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'_, PyBytes>>> {
-    with_scratch(n, |buf| match recv(fd, buf) {
+/// `io(fd, buf)` (recv or read) of up to `n` bytes into the scratch
+/// buffer, then a `bytes` of what arrived; None if it would block.
+fn read_with(
+    py: Python<'_>,
+    fd: RawFd,
+    n: usize,
+    io: fn(RawFd, &mut [u8]) -> IoResult,
+) -> PyResult<Option<Bound<'_, PyBytes>>> {
+    with_scratch(n, |buf| match io(fd, buf) {
         IoResult::Done(got) => Ok(Some(PyBytes::new(py, &buf[..got]))),
         IoResult::WouldBlock => Ok(None),
         IoResult::Failed(e) => Err(errors::os_error(e)),
     })
+}
+
+/// `sock.recv(n)` on fd; None if it would block.
+pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'_, PyBytes>>> {
+    read_with(py, fd, n, recv)
 }
 
 /// `sock.recv(n)` on fd, or None if it would block.
@@ -107,4 +117,25 @@ pub fn send_nowait(fd: RawFd, data: &[u8]) -> PyResult<usize> {
         IoResult::WouldBlock => Ok(0),
         IoResult::Failed(e) => Err(errors::os_error(e)),
     }
+}
+
+/// Non-blocking `write(2)` on a pipe, FIFO, character device or socket
+/// (the fd is non-blocking: asyncio's pipe transports `os.write`).
+pub fn write(fd: RawFd, data: &[u8]) -> IoResult {
+    // SAFETY: `data` is a valid readable slice for the call; a bad fd is
+    // reported as EBADF. SIGPIPE is ignored by Python, so a closed reader
+    // is EPIPE.
+    classify(unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) })
+}
+
+/// Non-blocking `read(2)` (asyncio's pipe transports `os.read`).
+pub fn read(fd: RawFd, buf: &mut [u8]) -> IoResult {
+    // SAFETY: `buf` is a valid writable slice for the call; a bad fd is
+    // reported as EBADF.
+    classify(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `os.read(fd, n)`; None if it would block.
+pub fn read_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'_, PyBytes>>> {
+    read_with(py, fd, n, read)
 }

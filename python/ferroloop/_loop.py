@@ -23,6 +23,7 @@ from . import _ferroloop
 from ._network import NetworkMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketsMixin
+from ._subprocess import SubprocessMixin
 
 __all__ = ("Loop",)
 
@@ -88,7 +89,12 @@ def _shutdown_at_exit(ref):
 
 
 class Loop(
-    SignalsMixin, SocketsMixin, NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop
+    SignalsMixin,
+    SocketsMixin,
+    NetworkMixin,
+    SubprocessMixin,
+    _ferroloop.EventLoop,
+    asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose core is written in Rust."""
 
@@ -108,6 +114,8 @@ class Loop(
         self._transports = weakref.WeakValueDictionary()
         # Unix server socket -> inode, for cleanup_socket (3.13+).
         self._unix_server_sockets = {}
+        # pidfd -> pid of the children whose exit the loop watches.
+        self._child_pidfds = {}
         # In debug mode, a callback or task step longer than this (seconds)
         # is logged.
         self.slow_callback_duration = 0.1
@@ -199,6 +207,7 @@ class Loop(
             logger.debug("Close %r", self)
         self._close_signals()
         self._close_native()
+        self._close_child_watching()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
@@ -487,10 +496,6 @@ class Loop(
         """Stop watching the file descriptor for write availability."""
         self._ensure_fd_no_transport(fd)
         return self._remove_writer(fd)
-
-    # -- not yet implemented: networking, pipes, subprocesses ----------------
-    # These come with issue #3 and later; until then asyncio.AbstractEventLoop's
-    # NotImplementedError is raised for them.
 
 
 def _set_future_state(fut, ok, value):

@@ -31,8 +31,20 @@ use crate::event_loop::watcher::Watcher;
 use crate::event_loop::EventLoop;
 use crate::handles::Handle;
 use crate::io::fd_watchers::Direction;
-use crate::sock_io::{recv, recv_bytes, send, IoResult};
+use crate::sock_io::{self, recv, recv_bytes, send, IoResult};
 use crate::sockaddr::SockAddr;
+
+mod pipe;
+
+/// What the core's fd is: a stream socket, or one end of a pipe (asyncio's
+/// `_UnixReadPipeTransport` / `_UnixWritePipeTransport`, which also take
+/// FIFOs, character devices and sockets and use read/write on them).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    Socket,
+    ReadPipe,
+    WritePipe,
+}
 
 /// asyncio's `max_size`: the most one read takes from the socket.
 const MAX_READ: usize = 256 * 1024;
@@ -114,9 +126,64 @@ struct State {
     open: bool,
     /// `get_extra_info('socket')`, made on first use.
     trsock: Option<Py<PyAny>>,
+    /// Pipes: `_call_connection_lost` is scheduled (a socket uses
+    /// `conn_lost > 0`; a pipe's `conn_lost` only counts failed writes and
+    /// writes after close, as asyncio's pipe transports count them).
+    lost_scheduled: bool,
 }
 
 impl State {
+    fn new(
+        protocol: Option<Py<PyAny>>,
+        buffered: bool,
+        context: Option<Py<PyAny>>,
+        server: Option<Py<PyAny>>,
+        sock: Option<Py<PyAny>>,
+    ) -> Self {
+        Self {
+            protocol,
+            buffered,
+            buffer: WriteBuffer::default(),
+            closing: false,
+            eof: false,
+            conn_lost: 0,
+            paused: false,
+            protocol_paused: false,
+            high_water: 64 * 1024,
+            low_water: 16 * 1024,
+            reading: false,
+            writing: false,
+            empty_waiter: None,
+            context,
+            server,
+            sock,
+            open: true,
+            trsock: None,
+            lost_scheduled: false,
+        }
+    }
+
+    /// Marks `_call_connection_lost` as scheduled; false if it already was.
+    fn mark_lost(&mut self, kind: Kind) -> bool {
+        if kind == Kind::Socket {
+            // asyncio's socket transports: `_conn_lost += 1` here.
+            if self.conn_lost > 0 {
+                return false;
+            }
+            self.conn_lost = 1;
+            return true;
+        }
+        !std::mem::replace(&mut self.lost_scheduled, true)
+    }
+
+    /// `_call_connection_lost` is scheduled (or has run).
+    fn lost(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Socket => self.conn_lost > 0,
+            _ => self.lost_scheduled,
+        }
+    }
+
     /// The "registered with the loop" flag of the reader or the writer.
     fn registered(&mut self, dir: Direction) -> &mut bool {
         match dir {
@@ -132,6 +199,7 @@ pub struct StreamTransport {
     /// The `SocketTransport` protocols see; cleared once the connection is lost.
     shell: Mutex<Option<Py<PyAny>>>,
     fd: RawFd,
+    kind: Kind,
     /// getsockname() / getpeername() when the transport was made (asyncio
     /// keeps them for `get_extra_info`); `None` if the call failed.
     local: Option<SockAddr>,
@@ -164,6 +232,14 @@ fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResul
     let copy = data.py().get_type::<PyBytes>().call1((data,))?;
     let copy = copy.cast::<PyBytes>()?;
     Ok(f(copy.as_bytes()))
+}
+
+/// What `write()` does after deciding under the lock.
+enum Next {
+    Nothing,
+    LogLost,
+    Failed(std::io::Error),
+    Buffered { register: bool },
 }
 
 /// A writable, contiguous view of a Python buffer (what `recv_into` takes),
@@ -268,24 +344,22 @@ impl StreamTransport {
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (had_buffer, was_closing) = {
+        let had_buffer = {
             let mut st = this.state.lock();
-            if st.conn_lost > 0 {
+            if !st.mark_lost(this.kind) {
                 return Ok(());
             }
             let had_buffer = !st.buffer.is_empty();
             st.buffer.clear();
-            let was_closing = std::mem::replace(&mut st.closing, true);
+            st.closing = true;
             this.event_loop.get().set_transport_fd(this.fd, false);
-            st.conn_lost += 1;
-            (had_buffer, was_closing)
+            had_buffer
         };
         if had_buffer {
             Self::unwatch(slf, Direction::Write)?;
         }
-        if !was_closing {
-            Self::unwatch(slf, Direction::Read)?;
-        }
+        // A no-op when already unregistered (close() or EOF removed it).
+        Self::unwatch(slf, Direction::Read)?;
         let lost = slf.getattr(intern!(py, "_call_connection_lost"))?;
         let exc = exc.unwrap_or_else(|| py.None());
         Self::call_soon(slf, lost, PyTuple::new(py, [exc])?)
@@ -353,20 +427,35 @@ impl StreamTransport {
         let this = slf.get();
         // The thread's scratch buffer: only what arrived is copied into the
         // `bytes` handed to data_received.
-        let data = match recv_bytes(py, this.fd, MAX_READ) {
+        let pipe = this.kind != Kind::Socket;
+        let got = if pipe {
+            sock_io::read_bytes(py, this.fd, MAX_READ)
+        } else {
+            recv_bytes(py, this.fd, MAX_READ)
+        };
+        let data = match got {
             Ok(Some(d)) => d,
             Ok(None) => return Ok(()),
+            Err(e) if pipe => {
+                return Self::fatal_error(slf, e, "Fatal read error on pipe transport")
+            }
             Err(e) => return Self::fatal_error(slf, e, "Fatal read error on socket transport"),
         };
         if data.as_bytes().is_empty() {
-            return Self::on_eof(slf);
+            return if pipe {
+                Self::pipe_eof(slf)
+            } else {
+                Self::on_eof(slf)
+            };
         }
         let Some(protocol) = this.protocol(py) else {
             return Ok(());
         };
         let result = protocol.call_method1(intern!(py, "data_received"), (data,));
         if let Err(e) = result {
-            if errors::is_exit(py, &e) {
+            // NOTE: asyncio's read pipe lets data_received's exception reach
+            // the reader Handle (reported, the transport stays open).
+            if pipe || errors::is_exit(py, &e) {
                 return Err(e);
             }
             return Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.");
@@ -454,10 +543,43 @@ impl StreamTransport {
             &event_loop,
             Some(shell),
             fd,
+            Kind::Socket,
             Some(sock),
             SockAddr::peer(fd).ok(),
             protocol,
             server,
+            context,
+        )
+    }
+
+    /// The core of a pipe transport (asyncio's `_UnixReadPipeTransport` when
+    /// `write` is false, else `_UnixWritePipeTransport`) over `pipe`'s fd,
+    /// already checked and made non-blocking by the face; closing the
+    /// transport closes `pipe`.
+    #[staticmethod]
+    fn pipe(
+        event_loop: Bound<'_, EventLoop>,
+        shell: Bound<'_, PyAny>,
+        pipe: Bound<'_, PyAny>,
+        fd: RawFd,
+        protocol: Bound<'_, PyAny>,
+        write: bool,
+    ) -> PyResult<Self> {
+        let context = crate::py::copy_context(pipe.py())?;
+        let kind = if write {
+            Kind::WritePipe
+        } else {
+            Kind::ReadPipe
+        };
+        Self::build(
+            &event_loop,
+            Some(shell),
+            fd,
+            kind,
+            Some(pipe),
+            None,
+            protocol,
+            None,
             context,
         )
     }
@@ -482,6 +604,10 @@ impl StreamTransport {
     }
 
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().kind != Kind::Socket {
+            // asyncio's write pipe: write_eof() is close().
+            return Self::close(slf);
+        }
         let shutdown_now = {
             let mut st = slf.get().state.lock();
             if st.closing || st.eof {
@@ -561,9 +687,10 @@ impl StreamTransport {
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        let kind = slf.get().kind;
         let lose_now = {
             let mut st = slf.get().state.lock();
-            if st.closing {
+            if st.closing || (kind == Kind::WritePipe && !st.open) {
                 return Ok(());
             }
             st.closing = true;
@@ -573,11 +700,15 @@ impl StreamTransport {
                 .set_transport_fd(slf.get().fd, false);
             let empty = st.buffer.is_empty();
             if empty {
-                st.conn_lost += 1;
+                st.mark_lost(kind);
             }
             empty
         };
-        Self::unwatch(slf, Direction::Read)?;
+        // NOTE: a write pipe still flushing keeps its reader: the read end
+        // closing meanwhile ends the transport with BrokenPipeError.
+        if kind != Kind::WritePipe || lose_now {
+            Self::unwatch(slf, Direction::Read)?;
+        }
         if lose_now {
             Self::unwatch(slf, Direction::Write)?;
             let lost = slf.getattr(intern!(py, "_call_connection_lost"))?;
@@ -645,7 +776,8 @@ impl StreamTransport {
     }
 
     fn set_protocol(&self, protocol: Bound<'_, PyAny>) -> PyResult<()> {
-        let buffered = is_buffered_protocol(&protocol)?;
+        // NOTE: asyncio's pipe transports call data_received on any protocol.
+        let buffered = self.kind == Kind::Socket && is_buffered_protocol(&protocol)?;
         let old = {
             let mut st = self.state.lock();
             st.buffered = buffered;
@@ -872,12 +1004,16 @@ impl StreamTransport {
 
     /// The reader callback: one read, handed to the protocol.
     pub(crate) fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let kind = slf.get().kind;
         let (lost, buffered) = {
             let st = slf.get().state.lock();
-            (st.conn_lost > 0, st.buffered)
+            (st.lost(kind), st.buffered)
         };
         if lost {
             return Ok(());
+        }
+        if kind == Kind::WritePipe {
+            return Self::pipe_peer_closed(slf);
         }
         if buffered {
             Self::read_into_buffer(slf)
@@ -890,12 +1026,14 @@ impl StreamTransport {
     pub(crate) fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let pipe = this.kind != Kind::Socket;
         let outcome = {
             let mut st = this.state.lock();
-            if st.conn_lost > 0 || st.buffer.is_empty() {
+            if st.lost(this.kind) || st.buffer.is_empty() {
                 return Ok(());
             }
-            match send(this.fd, st.buffer.pending()) {
+            let io = if pipe { sock_io::write } else { send };
+            match io(this.fd, st.buffer.pending()) {
                 IoResult::Done(n) => {
                     st.buffer.consume(n);
                     Ok(())
@@ -903,6 +1041,9 @@ impl StreamTransport {
                 IoResult::WouldBlock => return Ok(()),
                 IoResult::Failed(e) => {
                     st.buffer.clear();
+                    if pipe {
+                        st.conn_lost += 1;
+                    }
                     Err(e)
                 }
             }
@@ -911,7 +1052,12 @@ impl StreamTransport {
             Self::unwatch(slf, Direction::Write)?;
             let err = errors::os_error(e);
             let value = err.value(py).clone().into_any();
-            Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+            let message = if pipe {
+                "Fatal write error on pipe transport"
+            } else {
+                "Fatal write error on socket transport"
+            };
+            Self::fatal_error(slf, err, message)?;
             let waiter = this
                 .state
                 .lock()
@@ -943,6 +1089,12 @@ impl StreamTransport {
                 .call_method1(intern!(py, "set_result"), (py.None(),))?;
         }
         if closing {
+            if pipe {
+                // asyncio's write pipe: the reader (peer-closed detection)
+                // goes, then connection_lost at once.
+                this.state.lock().lost_scheduled = true;
+                Self::unwatch(slf, Direction::Read)?;
+            }
             slf.call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
         } else if eof {
             Self::shutdown_write(slf)?;
@@ -954,14 +1106,12 @@ impl StreamTransport {
     pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        enum Next {
-            Nothing,
-            LogLost,
-            Failed(std::io::Error),
-            Buffered { register: bool },
-        }
+        let pipe = this.kind != Kind::Socket;
         let next = with_bytes(data, |bytes| -> PyResult<Next> {
             let mut st = this.state.lock();
+            if pipe {
+                return Ok(Self::pipe_write_locked(this.fd, &mut st, bytes));
+            }
             if st.eof {
                 return Err(PyRuntimeError::new_err(
                     "Cannot call write() after write_eof()",
@@ -999,9 +1149,19 @@ impl StreamTransport {
             Next::Nothing => Ok(()),
             Next::LogLost => {
                 let logger = py.import("asyncio.log")?.getattr("logger")?;
-                logger.call_method1("warning", ("socket.send() raised exception.",))?;
+                let message = if pipe {
+                    "pipe closed by peer or os.write(pipe, data) raised exception."
+                } else {
+                    "socket.send() raised exception."
+                };
+                logger.call_method1("warning", (message,))?;
                 Ok(())
             }
+            Next::Failed(e) if pipe => Self::fatal_error(
+                slf,
+                errors::os_error(e),
+                "Fatal write error on pipe transport",
+            ),
             Next::Failed(e) => Self::fatal_error(
                 slf,
                 errors::os_error(e),
@@ -1067,40 +1227,38 @@ impl StreamTransport {
         event_loop: &Bound<'_, EventLoop>,
         shell: Option<Bound<'_, PyAny>>,
         fd: RawFd,
+        kind: Kind,
         sock: Option<Bound<'_, PyAny>>,
         peer: Option<SockAddr>,
         protocol: Bound<'_, PyAny>,
         server: Option<Bound<'_, PyAny>>,
         context: Bound<'_, PyAny>,
     ) -> PyResult<Self> {
-        let buffered = is_buffered_protocol(&protocol)?;
-        event_loop.get().set_transport_fd(fd, true);
+        let socket = kind == Kind::Socket;
+        let buffered = socket && is_buffered_protocol(&protocol)?;
+        // NOTE: asyncio's pipe transports do not claim their fd (add_reader
+        // on it is allowed), its socket transports do.
+        if socket {
+            event_loop.get().set_transport_fd(fd, true);
+        }
         Ok(Self {
             event_loop: event_loop.clone().unbind(),
             shell: Mutex::new(shell.map(Bound::unbind)),
             fd,
-            local: SockAddr::local(fd).ok(),
+            kind,
+            local: if socket {
+                SockAddr::local(fd).ok()
+            } else {
+                None
+            },
             peer,
-            state: Mutex::new(State {
-                protocol: Some(protocol.unbind()),
+            state: Mutex::new(State::new(
+                Some(protocol.unbind()),
                 buffered,
-                buffer: WriteBuffer::default(),
-                closing: false,
-                eof: false,
-                conn_lost: 0,
-                paused: false,
-                protocol_paused: false,
-                high_water: 64 * 1024,
-                low_water: 16 * 1024,
-                reading: false,
-                writing: false,
-                empty_waiter: None,
-                context: Some(context.unbind()),
-                server: server.map(Bound::unbind),
-                sock: sock.map(Bound::unbind),
-                open: true,
-                trsock: None,
-            }),
+                Some(context.unbind()),
+                server.map(Bound::unbind),
+                sock.map(Bound::unbind),
+            )),
         })
     }
 
@@ -1119,6 +1277,7 @@ impl StreamTransport {
             event_loop,
             None,
             fd,
+            Kind::Socket,
             None,
             Some(peer),
             protocol,

@@ -93,11 +93,23 @@ def install_harness_shims():
     utils.TestCase.close_loop() reads ``loop._default_executor`` (a private
     BaseEventLoop attribute) for every loop a test registers with
     set_event_loop(); on a loop without it the *cleanup* errors, not the test.
-    Such loops get the public equivalent; all others keep the original.
+    Such loops get the public equivalent; all others keep the original. The
+    rest of the original, which does not touch the loop (on 3.11: join the
+    policy's ThreadedChildWatcher threads, i.e. wait for the test's
+    subprocesses), still runs: it gets a stand-in for the closed loop.
     """
     from test.test_asyncio import utils
 
     original = utils.TestCase.close_loop
+
+    class ClosedLoop:
+        _default_executor = None
+
+        def is_closed(self):
+            return True
+
+        def close(self):
+            pass
 
     def close_loop(loop):
         if hasattr(loop, "_default_executor"):
@@ -105,6 +117,7 @@ def install_harness_shims():
         if not loop.is_closed():
             loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
+        original(ClosedLoop())
 
     utils.TestCase.close_loop = staticmethod(close_loop)
 
@@ -153,7 +166,7 @@ def adapt_test_pep492(module, loop_factory):
     base.setUp = setUp
 
 
-def adapt_loop_mixin(base_name, hook="create_event_loop"):
+def adapt_loop_mixin(base_name, hook="create_event_loop", extra_mixins=()):
     """Modules whose tests are a mixin plus one TestCase per selector.
 
     test_sock_lowlevel (``BaseSockTestsMixin``), test_events
@@ -166,6 +179,12 @@ def adapt_loop_mixin(base_name, hook="create_event_loop"):
     one ``LoopTests`` whose hook returns a loop from the factory (asyncio's
     own loop for the baseline), so every test runs once per loop under test,
     under the same id on both sides.
+
+    ``extra_mixins`` names further mixins of the module that CPython's
+    per-selector classes also inherit, in their order after the base: test_events'
+    ``EPollEventLoopTests`` is ``UnixEventLoopTestsMixin + SubprocessTestsMixin
+    + test_utils.TestCase``, so its ``LoopTests`` needs ``SubprocessTestsMixin``
+    too (a mixin alone is not a TestCase and is not collected by itself).
     """
 
     def adapt(module, loop_factory):
@@ -176,7 +195,9 @@ def adapt_loop_mixin(base_name, hook="create_event_loop"):
             is_variant = isinstance(obj, type) and issubclass(obj, base)
             if is_variant and (obj is not base or issubclass(obj, unittest.TestCase)):
                 delattr(module, name)
-        bases = (base,) if issubclass(base, unittest.TestCase) else (base, test_utils.TestCase)
+        bases = (base, *(getattr(module, name) for name in extra_mixins))
+        if not issubclass(base, unittest.TestCase):
+            bases += (test_utils.TestCase,)
         loop_tests = type("LoopTests", bases, {hook: lambda self: loop_factory()})
         loop_tests.__module__ = module.__name__
         module.LoopTests = loop_tests
@@ -195,7 +216,9 @@ ADAPTERS = {
     "test_runners": adapt_test_runners,
     "test_pep492": adapt_test_pep492,
     "test_sock_lowlevel": adapt_loop_mixin("BaseSockTestsMixin"),
-    "test_events": adapt_loop_mixin("UnixEventLoopTestsMixin"),
+    "test_events": adapt_loop_mixin(
+        "UnixEventLoopTestsMixin", extra_mixins=("SubprocessTestsMixin",)
+    ),
     "test_sendfile": adapt_loop_mixin("SendfileTestsBase"),
     "test_server": adapt_loop_mixin("SelectorStartServerTests", hook="new_loop"),
     "test_buffered_proto": adapt_loop_mixin("BufferedProtocolSelectorTests", hook="new_loop"),

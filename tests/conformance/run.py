@@ -36,6 +36,7 @@ LOOPS = {
 # on purpose (README.md); --modules test_base_events still runs it.
 MODULES = [
     "test_tasks",
+    "test_subprocess",
     "test_taskgroups",
     "test_waitfor",
     "test_futures",

@@ -1,0 +1,198 @@
+"""Pipe transports: what ``connect_read_pipe`` / ``connect_write_pipe`` and
+subprocess pipes hand to protocols.
+
+``ReadPipeTransport`` and ``WritePipeTransport`` are the Python faces of the
+native stream core (``_ferroloop.StreamTransport`` in pipe mode: ``read`` /
+``write`` on the fd, the same write buffer, flow control and close as socket
+transports). They behave as asyncio's ``_UnixReadPipeTransport`` /
+``_UnixWritePipeTransport``: the same accepted file types, the same EOF,
+close and error semantics (see ``src/transports/stream/pipe.rs``), the same
+``get_extra_info('pipe')`` and ``ResourceWarning``.
+"""
+
+import errno
+import os
+import stat
+import warnings
+from asyncio import futures, transports
+from asyncio.log import logger
+
+from . import _ferroloop
+from ._transports import SocketTransport, _core_property, _delegate
+
+
+def _pipe_fileno(transport, pipe, allowed, message):
+    """The pipe's fd, made non-blocking, if its file type is one asyncio's
+    pipe transports take; else asyncio's ValueError."""
+    fileno = pipe.fileno()
+    mode = os.fstat(fileno).st_mode
+    if not any(check(mode) for check in allowed):
+        transport._pipe = None
+        raise ValueError(message)
+    os.set_blocking(fileno, False)
+    return fileno
+
+
+class _PipeFace:
+    """What both pipe faces share: the core, reprs, close, errors."""
+
+    __slots__ = ()
+
+    get_protocol = _delegate("get_protocol")
+    set_protocol = _delegate("set_protocol")
+    is_closing = _delegate("is_closing")
+    close = _delegate("close")
+    _call_connection_lost = _delegate("_call_connection_lost")
+    _protocol = _core_property("_protocol", "The protocol (None once the connection is lost).")
+    _closing = _core_property("_closing", "close() was called, or EOF / an error ended it.")
+
+    def _open(self):
+        core = getattr(self, "_core", None)
+        return core is not None and core._is_open and getattr(self, "_pipe", None) is not None
+
+    def _repr_info(self, polling):
+        info = [self.__class__.__name__]
+        if not self._open():
+            info.append("closed")
+        elif self._core.is_closing():
+            info.append("closing")
+        info.append(f"fd={getattr(self, '_fileno', None)}")
+        if self._open() and not self._loop.is_closed():
+            info.append("polling" if polling else "idle")
+        elif self._open():
+            info.append("open")
+        else:
+            info.append("closed")
+        return info
+
+    def __del__(self, _warn=warnings.warn):
+        if self._open():
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._core._close_fd()
+
+    def _report_fatal(self, exc, message):
+        self._loop.call_exception_handler(
+            {
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._core._protocol,
+            }
+        )
+
+
+class ReadPipeTransport(_PipeFace, transports.ReadTransport):
+    """The read end of a pipe, a FIFO, a character device or a socket."""
+
+    # NOTE: with an instance dict, as asyncio's pipe transports have (tests
+    # and programs set attributes on them, e.g. mock a method).
+    __slots__ = ("__dict__", "__weakref__", "_core", "_fileno", "_loop", "_pipe")
+
+    max_size = 256 * 1024  # the most one read takes (asyncio's)
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra)
+        self._extra["pipe"] = pipe
+        self._loop = loop
+        self._pipe = pipe
+        self._fileno = _pipe_fileno(
+            self,
+            pipe,
+            (stat.S_ISFIFO, stat.S_ISSOCK, stat.S_ISCHR),
+            "Pipe transport is for pipes/sockets only.",
+        )
+        self._core = _ferroloop.StreamTransport.pipe(
+            loop, self, pipe, self._fileno, protocol, False
+        )
+        loop.call_soon(protocol.connection_made, self)
+        # Only start reading once connection_made() has run.
+        loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            # Only wake the waiter once connection_made() has run.
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        core = getattr(self, "_core", None)
+        polling = core is not None and core._reading_registered
+        return "<{}>".format(" ".join(self._repr_info(polling)))
+
+    is_reading = _delegate("is_reading")
+    _paused = _core_property("_paused", "pause_reading() was called.")
+
+    def pause_reading(self):
+        if self._core._pause_reading() and self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._core._resume_reading() and self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        # NOTE: asyncio: EIO (a pty whose other side closed) is not reported.
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=exc)
+        else:
+            self._report_fatal(exc, message)
+        self._core._force_close(exc)
+
+
+class WritePipeTransport(_PipeFace, transports._FlowControlMixin, transports.WriteTransport):
+    """The write end of a pipe, a FIFO, a character device or a socket.
+
+    NOTE: a ``_FlowControlMixin`` like asyncio's, whose state lives in the
+    core (the mixin's ``__init__`` is skipped, as for ``SocketTransport``).
+    """
+
+    __slots__ = ("__dict__", "__weakref__", "_core", "_fileno", "_pipe")
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["pipe"] = pipe
+        self._loop = loop
+        self._pipe = pipe
+        self._fileno = _pipe_fileno(
+            self,
+            pipe,
+            (stat.S_ISCHR, stat.S_ISFIFO, stat.S_ISSOCK),
+            "Pipe transport is only for pipes, sockets and character devices",
+        )
+        mode = os.fstat(self._fileno).st_mode
+        self._core = _ferroloop.StreamTransport.pipe(loop, self, pipe, self._fileno, protocol, True)
+        loop.call_soon(protocol.connection_made, self)
+        # NOTE: asyncio watches the write end of a pipe or a socket for
+        # reading: it becomes readable when the other end is closed.
+        if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+            loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        core = getattr(self, "_core", None)
+        polling = core is not None and core._writing_registered
+        info = self._repr_info(polling)
+        if self._open() and not self._loop.is_closed():
+            info.append(f"bufsize={self.get_write_buffer_size()}")
+        return "<{}>".format(" ".join(info))
+
+    def write(self, data):
+        self._core.write(data)
+
+    get_write_buffer_size = _delegate("get_write_buffer_size")
+    get_write_buffer_limits = _delegate("get_write_buffer_limits")
+    set_write_buffer_limits = SocketTransport.set_write_buffer_limits
+    write_eof = _delegate("write_eof")
+    abort = _delegate("abort")
+    _protocol_paused = _core_property("_protocol_paused", "The protocol was told to pause writing.")
+    _conn_lost = _core_property("_conn_lost", "Failed writes and writes after close.")
+
+    def can_write_eof(self):
+        return True
+
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=exc)
+        else:
+            self._report_fatal(exc, message)
+        self._core._force_close(exc)
