@@ -14,11 +14,22 @@ import errno
 import os
 import stat
 import warnings
-from asyncio import futures, transports
+from asyncio import base_subprocess, futures, transports
 from asyncio.log import logger
 
 from . import _ferroloop
 from ._transports import SocketTransport, _core_property, _delegate
+
+
+def _childs_pipe(protocol):
+    """Whether the transport is for a pipe the loop made for a child (its
+    protocol is the subprocess transport's own) and the program did not
+    choose its size (Popen's ``pipesize``): such a pipe may grow when busy
+    (``src/transports/stream/pipe.rs``, ``PipeGrowth``)."""
+    if not isinstance(protocol, base_subprocess.WriteSubprocessPipeProto):
+        return False
+    popen = getattr(protocol.proc, "_proc", None)
+    return getattr(popen, "pipesize", None) == -1
 
 
 def _pipe_fileno(transport, pipe, allowed, message):
@@ -102,7 +113,7 @@ class ReadPipeTransport(_PipeFace, transports.ReadTransport):
             "Pipe transport is for pipes/sockets only.",
         )
         self._core = _ferroloop.StreamTransport.pipe(
-            loop, self, pipe, self._fileno, protocol, False
+            loop, self, pipe, self._fileno, protocol, False, _childs_pipe(protocol)
         )
         loop.call_soon(protocol.connection_made, self)
         # Only start reading once connection_made() has run.
@@ -158,7 +169,9 @@ class WritePipeTransport(_PipeFace, transports._FlowControlMixin, transports.Wri
             "Pipe transport is only for pipes, sockets and character devices",
         )
         mode = os.fstat(self._fileno).st_mode
-        self._core = _ferroloop.StreamTransport.pipe(loop, self, pipe, self._fileno, protocol, True)
+        self._core = _ferroloop.StreamTransport.pipe(
+            loop, self, pipe, self._fileno, protocol, True, _childs_pipe(protocol)
+        )
         loop.call_soon(protocol.connection_made, self)
         # NOTE: asyncio watches the write end of a pipe or a socket for
         # reading: it becomes readable when the other end is closed.

@@ -35,6 +35,7 @@ use crate::sock_io::{self, recv, recv_bytes, send, IoResult};
 use crate::sockaddr::SockAddr;
 
 mod pipe;
+use pipe::PipeGrowth;
 
 /// What the core's fd is: a stream socket, or one end of a pipe (asyncio's
 /// `_UnixReadPipeTransport` / `_UnixWritePipeTransport`, which also take
@@ -130,6 +131,8 @@ struct State {
     /// `conn_lost > 0`; a pipe's `conn_lost` only counts failed writes and
     /// writes after close, as asyncio's pipe transports count them).
     lost_scheduled: bool,
+    /// Whether the pipe may grow when found full (see `pipe::PipeGrowth`).
+    growth: PipeGrowth,
 }
 
 impl State {
@@ -160,6 +163,7 @@ impl State {
             open: true,
             trsock: None,
             lost_scheduled: false,
+            growth: PipeGrowth::Never,
         }
     }
 
@@ -441,6 +445,9 @@ impl StreamTransport {
             }
             Err(e) => return Self::fatal_error(slf, e, "Fatal read error on socket transport"),
         };
+        if pipe {
+            this.state.lock().pipe_read(this.fd, data.as_bytes().len());
+        }
         if data.as_bytes().is_empty() {
             return if pipe {
                 Self::pipe_eof(slf)
@@ -555,7 +562,8 @@ impl StreamTransport {
     /// The core of a pipe transport (asyncio's `_UnixReadPipeTransport` when
     /// `write` is false, else `_UnixWritePipeTransport`) over `pipe`'s fd,
     /// already checked and made non-blocking by the face; closing the
-    /// transport closes `pipe`.
+    /// transport closes `pipe`. `grow`: a pipe the loop made for a child,
+    /// which may grow when busy (see `pipe::PipeGrowth`).
     #[staticmethod]
     fn pipe(
         event_loop: Bound<'_, EventLoop>,
@@ -564,6 +572,7 @@ impl StreamTransport {
         fd: RawFd,
         protocol: Bound<'_, PyAny>,
         write: bool,
+        grow: bool,
     ) -> PyResult<Self> {
         let context = crate::py::copy_context(pipe.py())?;
         let kind = if write {
@@ -571,7 +580,7 @@ impl StreamTransport {
         } else {
             Kind::ReadPipe
         };
-        Self::build(
+        let core = Self::build(
             &event_loop,
             Some(shell),
             fd,
@@ -581,7 +590,11 @@ impl StreamTransport {
             protocol,
             None,
             context,
-        )
+        )?;
+        if grow {
+            core.state.lock().growth = PipeGrowth::Allowed;
+        }
+        Ok(core)
     }
 
     /// Starts reading (scheduled right after `connection_made`).
@@ -1036,6 +1049,9 @@ impl StreamTransport {
             match io(this.fd, st.buffer.pending()) {
                 IoResult::Done(n) => {
                     st.buffer.consume(n);
+                    if pipe && !st.buffer.is_empty() {
+                        st.pipe_full(this.fd);
+                    }
                     Ok(())
                 }
                 IoResult::WouldBlock => return Ok(()),
@@ -1199,6 +1215,7 @@ impl StreamTransport {
             if !std::mem::replace(&mut st.open, false) {
                 return Ok(());
             }
+            st.release_growth();
             st.sock.as_ref().map(|s| s.clone_ref(py))
         };
         let event_loop = this.event_loop.bind(py).get();
@@ -1393,6 +1410,7 @@ impl Drop for StreamTransport {
         if !std::mem::replace(&mut st.open, false) {
             return;
         }
+        st.release_growth();
         self.event_loop.get().set_transport_fd(self.fd, false);
         if st.sock.is_none() {
             // SAFETY: the fd is ours alone and still open (never closed:
