@@ -1064,3 +1064,117 @@ def test_child_reaped_by_someone_else(loop, run, caplog):
         else:
             assert rc == 5
     assert not _zombies([pid for pid, _, _ in results])
+
+
+# -- how the exit is noticed: fallback, many loops, fd exhaustion ----------------
+
+
+@pytest.fixture
+def no_pidfd(loop_name, monkeypatch):
+    """ferroloop as on a kernel without pidfds (one waiting thread per
+    child); asyncio's loop is unaffected."""
+    if loop_name == "ferroloop":
+        from ferroloop import _subprocess
+
+        monkeypatch.setattr(_subprocess, "_pidfd_ok", False)
+
+
+def test_children_without_pidfds(loop, run, no_pidfd):
+    async def main():
+        gc.collect()
+        before = _open_fds()
+        procs = await asyncio.gather(
+            *(asyncio.create_subprocess_exec("/bin/sh", "-c", f"exit {i}") for i in range(20))
+        )
+        assert await asyncio.gather(*(p.wait() for p in procs)) == list(range(20))
+        proc = await asyncio.create_subprocess_exec("/bin/cat", stdin=PIPE, stdout=PIPE)
+        assert await proc.communicate(b"x" * 100_000) == (b"x" * 100_000, None)
+        proc = await asyncio.create_subprocess_exec("/bin/sleep", "10")
+        proc.kill()
+        assert await proc.wait() == -signal.SIGKILL
+        gc.collect()
+        assert _open_fds() == before
+        return [p.pid for p in procs]
+
+    pids = run(main(), timeout=20)
+    assert not _zombies(pids)
+
+
+def test_many_loops_spawn_at_once(loop_factory):
+    def worker(index, results):
+        lp = loop_factory()
+        try:
+
+            async def main():
+                procs = await asyncio.gather(
+                    *(
+                        asyncio.create_subprocess_exec(
+                            PY, "-c", f"import sys; sys.exit({index * 10 + i})", stdout=DEVNULL
+                        )
+                        for i in range(10)
+                    )
+                )
+                return await asyncio.gather(*(p.wait() for p in procs))
+
+            results[index] = lp.run_until_complete(asyncio.wait_for(main(), 20))
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            results[index] = exc
+        finally:
+            lp.close()
+
+    results = {}
+    threads = [threading.Thread(target=worker, args=(i, results)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    # Every loop saw exactly its own children's exit codes.
+    assert results == {i: [i * 10 + k for k in range(10)] for i in range(4)}
+
+
+def test_spawn_with_fds_exhausted(loop, run):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    async def main():
+        gc.collect()
+        before = _open_fds()
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        fillers = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        try:
+            # Fill every free fd number below the limit, then free two: not
+            # enough for a child's pipes.
+            while True:
+                try:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY))
+                except OSError as exc:
+                    assert exc.errno == errno.EMFILE
+                    break
+            for _ in range(2):
+                os.close(fillers.pop())
+            for _ in range(5):
+                with pytest.raises(OSError) as info:
+                    await asyncio.create_subprocess_exec(
+                        "/bin/true", stdin=PIPE, stdout=PIPE, stderr=PIPE
+                    )
+                assert info.value.errno == errno.EMFILE
+            # Room for one pipe and Popen's error pipe, no more.
+            for _ in range(2):
+                os.close(fillers.pop())
+            proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 7", stdout=PIPE)
+            assert await proc.communicate() == (b"", None)
+            assert proc.returncode == 7
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        gc.collect()
+        assert _open_fds() == before
+        # The loop keeps working once fds are free again.
+        proc = await asyncio.create_subprocess_exec("/bin/cat", stdin=PIPE, stdout=PIPE)
+        assert await proc.communicate(b"ok") == (b"ok", None)
+
+    run(main())
