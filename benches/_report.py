@@ -1,8 +1,10 @@
-"""What both benchmark runners (benches/run.py, benches/net/run.py) share."""
+"""What the benchmark runners (benches/run.py, benches/net/run.py,
+benches/proc/run.py) share."""
 
 import argparse
 import importlib.metadata
 import platform
+import statistics
 
 
 def csv(value, valid):
@@ -22,3 +24,29 @@ def version(name):
         return f"{name} {importlib.metadata.version(name)}"
     except importlib.metadata.PackageNotFoundError:
         return name
+
+
+def stats(vals):
+    """Median, min, max and interquartile range of the samples."""
+    med = statistics.median(vals)
+    q = statistics.quantiles(vals, n=4, method="inclusive") if len(vals) > 1 else [vals[0]] * 3
+    return med, min(vals), max(vals), q[2] - q[0]
+
+
+def render(head, rows, markdown, left):
+    """A table: markdown, or aligned text; the first `left` columns are
+    left-aligned, the rest right-aligned."""
+    if markdown:
+        lines = [
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join(["---"] * left + ["---:"] * (len(head) - left)) + "|",
+        ]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        w = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+
+        def just(r):
+            return "  ".join(c.ljust(w[i]) if i < left else c.rjust(w[i]) for i, c in enumerate(r))
+
+        lines = [just(head), "  ".join("-" * x for x in w)] + [just(r) for r in rows]
+    return "\n".join(lines)

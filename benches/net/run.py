@@ -33,7 +33,7 @@ sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 from server import HTTP_BODY  # benches/net/ is sys.path[0]
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _report import csv  # benches/_report.py
+from _report import csv, render, stats  # benches/_report.py
 from _report import version as package_version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -475,12 +475,6 @@ SAMPLERS = {"echo": sample_echo, "http": sample_http, "idle": sample_idle}
 # -- tables --------------------------------------------------------------------
 
 
-def stats(vals):
-    med = statistics.median(vals)
-    q = statistics.quantiles(vals, n=4, method="inclusive") if len(vals) > 1 else [vals[0]] * 3
-    return med, min(vals), max(vals), q[2] - q[0]
-
-
 def med_of(samples, key):
     vals = [s[key] for s in samples if s.get(key) is not None]
     return statistics.median(vals) if vals else None
@@ -496,23 +490,6 @@ def gen_cell(x):
 
 def num(x, fmt="{:,.0f}"):
     return "" if x is None else fmt.format(x)
-
-
-def render(head, rows, markdown, left=2):
-    if markdown:
-        lines = [
-            "| " + " | ".join(head) + " |",
-            "|" + "|".join(["---"] * left + ["---:"] * (len(head) - left)) + "|",
-        ]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-    else:
-        w = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-
-        def just(r):
-            return "  ".join(c.ljust(w[i]) if i < left else c.rjust(w[i]) for i, c in enumerate(r))
-
-        lines = [just(head), "  ".join("-" * x for x in w)] + [just(r) for r in rows]
-    return "\n".join(lines)
 
 
 def tables(results, plan, markdown):
@@ -545,7 +522,7 @@ def tables(results, plan, markdown):
                     [bench, lp, num(m), num(lo), num(hi), num(iqr)] + extra(bench, lp, ss, m)
                 )
         if rows:
-            out.append(render(head, rows, markdown))
+            out.append(render(head, rows, markdown, left=2))
             if note and any(r[8].endswith("*") for r in rows):
                 out[-1] += "\n\n" + note
 

@@ -26,7 +26,7 @@ sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 import worker  # benches/proc/ is sys.path[0]
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _report import csv, version  # benches/_report.py
+from _report import csv, render, stats, version  # benches/_report.py
 
 WORKER = os.path.abspath(worker.__file__)
 BENCHES, LOOPS = worker.BENCHES, worker.LOOPS
@@ -63,31 +63,8 @@ def sample(bench, loop, args):
     return res, None
 
 
-def stats(vals):
-    med = statistics.median(vals)
-    q = statistics.quantiles(vals, n=4, method="inclusive") if len(vals) > 1 else [vals[0]] * 3
-    return med, min(vals), max(vals), q[2] - q[0]
-
-
 def num(x):
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
-
-
-def render(head, rows, markdown, left=4):
-    if markdown:
-        lines = [
-            "| " + " | ".join(head) + " |",
-            "|" + "|".join(["---"] * left + ["---:"] * (len(head) - left)) + "|",
-        ]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-    else:
-        w = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-
-        def just(r):
-            return "  ".join(c.ljust(w[i]) if i < left else c.rjust(w[i]) for i, c in enumerate(r))
-
-        lines = [just(head), "  ".join("-" * x for x in w)] + [just(r) for r in rows]
-    return "\n".join(lines)
 
 
 def table(results, benches, loops, scale, markdown):
@@ -114,7 +91,7 @@ def table(results, benches, loops, scale, markdown):
                 [bench, lp, per, unit, num(m), num(lo), num(hi), num(iqr)]
                 + [ratio(lp, "uvloop"), ratio(lp, "asyncio")]
             )
-    return render(head, rows, markdown)
+    return render(head, rows, markdown, left=4)
 
 
 def main():

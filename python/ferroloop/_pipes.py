@@ -32,18 +32,6 @@ def _childs_pipe(protocol):
     return getattr(popen, "pipesize", None) == -1
 
 
-def _pipe_fileno(transport, pipe, allowed, message):
-    """The pipe's fd, made non-blocking, if its file type is one asyncio's
-    pipe transports take; else asyncio's ValueError."""
-    fileno = pipe.fileno()
-    mode = os.fstat(fileno).st_mode
-    if not any(check(mode) for check in allowed):
-        transport._pipe = None
-        raise ValueError(message)
-    os.set_blocking(fileno, False)
-    return fileno
-
-
 class _PipeFace:
     """What both pipe faces share: the core, reprs, close, errors."""
 
@@ -56,6 +44,32 @@ class _PipeFace:
     _call_connection_lost = _delegate("_call_connection_lost")
     _protocol = _core_property("_protocol", "The protocol (None once the connection is lost).")
     _closing = _core_property("_closing", "close() was called, or EOF / an error ended it.")
+
+    def _setup(self, loop, pipe, protocol, waiter, extra, write, kinds, message):
+        """asyncio's pipe transport ``__init__``: refuse a file of another
+        kind (ValueError), make the fd non-blocking, then connection_made(),
+        reading (a write pipe reads only to learn that the read end closed:
+        pipes, FIFOs and sockets say so) and the waiter, in that order."""
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["pipe"] = pipe
+        self._loop = loop
+        self._pipe = pipe
+        self._fileno = fileno = pipe.fileno()
+        mode = os.fstat(fileno).st_mode
+        if not any(kind(mode) for kind in kinds):
+            self._pipe = None
+            raise ValueError(message)
+        os.set_blocking(fileno, False)
+        self._core = _ferroloop.StreamTransport.pipe(
+            loop, self, pipe, fileno, protocol, write, _childs_pipe(protocol)
+        )
+        loop.call_soon(protocol.connection_made, self)
+        if not write or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            # Only start reading once connection_made() has run.
+            loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            # Only wake the waiter once connection_made() has run.
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
     def _open(self):
         core = getattr(self, "_core", None)
@@ -102,25 +116,9 @@ class ReadPipeTransport(_PipeFace, transports.ReadTransport):
     max_size = 256 * 1024  # the most one read takes (asyncio's)
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
-        super().__init__(extra)
-        self._extra["pipe"] = pipe
-        self._loop = loop
-        self._pipe = pipe
-        self._fileno = _pipe_fileno(
-            self,
-            pipe,
-            (stat.S_ISFIFO, stat.S_ISSOCK, stat.S_ISCHR),
-            "Pipe transport is for pipes/sockets only.",
-        )
-        self._core = _ferroloop.StreamTransport.pipe(
-            loop, self, pipe, self._fileno, protocol, False, _childs_pipe(protocol)
-        )
-        loop.call_soon(protocol.connection_made, self)
-        # Only start reading once connection_made() has run.
-        loop.call_soon(self._core._start_reading)
-        if waiter is not None:
-            # Only wake the waiter once connection_made() has run.
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        kinds = (stat.S_ISFIFO, stat.S_ISSOCK, stat.S_ISCHR)
+        message = "Pipe transport is for pipes/sockets only."
+        self._setup(loop, pipe, protocol, waiter, extra, False, kinds, message)
 
     def __repr__(self):
         core = getattr(self, "_core", None)
@@ -158,27 +156,9 @@ class WritePipeTransport(_PipeFace, transports._FlowControlMixin, transports.Wri
     __slots__ = ("__dict__", "__weakref__", "_core", "_fileno", "_pipe")
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
-        transports.BaseTransport.__init__(self, extra)
-        self._extra["pipe"] = pipe
-        self._loop = loop
-        self._pipe = pipe
-        self._fileno = _pipe_fileno(
-            self,
-            pipe,
-            (stat.S_ISCHR, stat.S_ISFIFO, stat.S_ISSOCK),
-            "Pipe transport is only for pipes, sockets and character devices",
-        )
-        mode = os.fstat(self._fileno).st_mode
-        self._core = _ferroloop.StreamTransport.pipe(
-            loop, self, pipe, self._fileno, protocol, True, _childs_pipe(protocol)
-        )
-        loop.call_soon(protocol.connection_made, self)
-        # NOTE: asyncio watches the write end of a pipe or a socket for
-        # reading: it becomes readable when the other end is closed.
-        if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
-            loop.call_soon(self._core._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        kinds = (stat.S_ISCHR, stat.S_ISFIFO, stat.S_ISSOCK)
+        message = "Pipe transport is only for pipes, sockets and character devices"
+        self._setup(loop, pipe, protocol, waiter, extra, True, kinds, message)
 
     def __repr__(self):
         core = getattr(self, "_core", None)

@@ -118,7 +118,12 @@ class SubprocessMixin:
     subprocess_exec = _BaseLoop.subprocess_exec
     subprocess_shell = _BaseLoop.subprocess_shell
     _log_subprocess = _BaseLoop._log_subprocess
-    _child_watcher_callback = _UnixLoop._child_watcher_callback
+
+    def _child_watcher_callback(self, pid, returncode, transp):
+        """A child exited (from any thread): ``_process_exited`` two ticks
+        later, as asyncio schedules it (pipe data read in the same tick is
+        delivered first)."""
+        self.call_soon_threadsafe(self.call_soon, transp._process_exited, returncode)
 
     # -- hooks ---------------------------------------------------------------
 
