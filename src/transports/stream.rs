@@ -35,7 +35,9 @@ use crate::sock_io::{self, recv, recv_bytes, send, IoResult};
 use crate::sockaddr::SockAddr;
 
 mod pipe;
+mod write_buffer;
 use pipe::PipeGrowth;
+use write_buffer::WriteBuffer;
 
 /// What the core's fd is: a stream socket, or one end of a pipe (asyncio's
 /// `_UnixReadPipeTransport` / `_UnixWritePipeTransport`, which also take
@@ -47,51 +49,22 @@ pub(crate) enum Kind {
     WritePipe,
 }
 
+impl Kind {
+    /// asyncio's `_fatal_error` message for a failed read or write.
+    fn io_error(self, dir: Direction) -> &'static str {
+        match (self, dir) {
+            (Kind::Socket, Direction::Read) => "Fatal read error on socket transport",
+            (Kind::Socket, Direction::Write) => "Fatal write error on socket transport",
+            (_, Direction::Read) => "Fatal read error on pipe transport",
+            (_, Direction::Write) => "Fatal write error on pipe transport",
+        }
+    }
+}
+
 /// asyncio's `max_size`: the most one read takes from the socket.
 const MAX_READ: usize = 256 * 1024;
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-
-/// Pending output: `data[sent..]`.
-#[derive(Default)]
-struct WriteBuffer {
-    data: Vec<u8>,
-    sent: usize,
-}
-
-impl WriteBuffer {
-    fn len(&self) -> usize {
-        self.data.len() - self.sent
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn pending(&self) -> &[u8] {
-        &self.data[self.sent..]
-    }
-
-    fn extend(&mut self, bytes: &[u8]) {
-        if self.sent > 0 && self.sent >= self.data.len() / 2 {
-            self.data.drain(..self.sent);
-            self.sent = 0;
-        }
-        self.data.extend_from_slice(bytes);
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.sent += n;
-        if self.sent >= self.data.len() {
-            self.clear();
-        }
-    }
-
-    fn clear(&mut self) {
-        self.data.clear();
-        self.sent = 0;
-    }
-}
 
 struct State {
     protocol: Option<Py<PyAny>>,
@@ -133,6 +106,9 @@ struct State {
     lost_scheduled: bool,
     /// Whether the pipe may grow when found full (see `pipe::PipeGrowth`).
     growth: PipeGrowth,
+    /// The last pipe read was large: read the next straight into its
+    /// `bytes` (`sock_io::read_bytes_direct`).
+    big_reads: bool,
 }
 
 impl State {
@@ -164,6 +140,7 @@ impl State {
             trsock: None,
             lost_scheduled: false,
             growth: PipeGrowth::Never,
+            big_reads: false,
         }
     }
 
@@ -220,10 +197,11 @@ fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     protocol.is_instance(cls)
 }
 
-/// Borrows the bytes of a bytes / bytearray / memoryview (asyncio's types).
-fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+/// The data of a write as a `bytes` (asyncio's types: bytes, bytearray,
+/// memoryview).
+fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&Bound<'_, PyBytes>) -> R) -> PyResult<R> {
     if let Ok(b) = data.cast::<PyBytes>() {
-        return Ok(f(b.as_bytes()));
+        return Ok(f(b));
     }
     if !(data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
         return Err(PyTypeError::new_err(format!(
@@ -235,7 +213,7 @@ fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResul
     // the loop may keep the bytes after write() returns anyway.
     let copy = data.py().get_type::<PyBytes>().call1((data,))?;
     let copy = copy.cast::<PyBytes>()?;
-    Ok(f(copy.as_bytes()))
+    Ok(f(copy))
 }
 
 /// What `write()` does after deciding under the lock.
@@ -432,7 +410,9 @@ impl StreamTransport {
         // The thread's scratch buffer: only what arrived is copied into the
         // `bytes` handed to data_received.
         let pipe = this.kind != Kind::Socket;
-        let got = if pipe {
+        let got = if pipe && this.state.lock().big_reads {
+            sock_io::read_bytes_direct(py, this.fd, MAX_READ)
+        } else if pipe {
             sock_io::read_bytes(py, this.fd, MAX_READ)
         } else {
             recv_bytes(py, this.fd, MAX_READ)
@@ -440,10 +420,7 @@ impl StreamTransport {
         let data = match got {
             Ok(Some(d)) => d,
             Ok(None) => return Ok(()),
-            Err(e) if pipe => {
-                return Self::fatal_error(slf, e, "Fatal read error on pipe transport")
-            }
-            Err(e) => return Self::fatal_error(slf, e, "Fatal read error on socket transport"),
+            Err(e) => return Self::fatal_error(slf, e, this.kind.io_error(Direction::Read)),
         };
         if pipe {
             this.state.lock().pipe_read(this.fd, data.as_bytes().len());
@@ -1046,7 +1023,7 @@ impl StreamTransport {
                 return Ok(());
             }
             let io = if pipe { sock_io::write } else { send };
-            match io(this.fd, st.buffer.pending()) {
+            match io(this.fd, st.buffer.pending(py)) {
                 IoResult::Done(n) => {
                     st.buffer.consume(n);
                     if pipe && !st.buffer.is_empty() {
@@ -1068,12 +1045,7 @@ impl StreamTransport {
             Self::unwatch(slf, Direction::Write)?;
             let err = errors::os_error(e);
             let value = err.value(py).clone().into_any();
-            let message = if pipe {
-                "Fatal write error on pipe transport"
-            } else {
-                "Fatal write error on socket transport"
-            };
-            Self::fatal_error(slf, err, message)?;
+            Self::fatal_error(slf, err, this.kind.io_error(Direction::Write))?;
             let waiter = this
                 .state
                 .lock()
@@ -1123,11 +1095,12 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let pipe = this.kind != Kind::Socket;
-        let next = with_bytes(data, |bytes| -> PyResult<Next> {
+        let next = with_bytes(data, |obj| -> PyResult<Next> {
             let mut st = this.state.lock();
             if pipe {
-                return Ok(Self::pipe_write_locked(this.fd, &mut st, bytes));
+                return Ok(Self::pipe_write_locked(this.fd, &mut st, obj));
             }
+            let bytes = obj.as_bytes();
             if st.eof {
                 return Err(PyRuntimeError::new_err(
                     "Cannot call write() after write_eof()",
@@ -1146,19 +1119,19 @@ impl StreamTransport {
                 st.conn_lost += 1;
                 return Ok(if log { Next::LogLost } else { Next::Nothing });
             }
-            let mut rest = bytes;
+            let mut sent = 0;
             let mut register = false;
             if st.buffer.is_empty() {
                 // Optimization: try to send now.
                 match send(this.fd, bytes) {
                     IoResult::Done(n) if n == bytes.len() => return Ok(Next::Nothing),
-                    IoResult::Done(n) => rest = &bytes[n..],
+                    IoResult::Done(n) => sent = n,
                     IoResult::WouldBlock => {}
                     IoResult::Failed(e) => return Ok(Next::Failed(e)),
                 }
                 register = true;
             }
-            st.buffer.extend(rest);
+            st.buffer.extend_from(obj, sent);
             Ok(Next::Buffered { register })
         })??;
         match next {
@@ -1173,15 +1146,10 @@ impl StreamTransport {
                 logger.call_method1("warning", (message,))?;
                 Ok(())
             }
-            Next::Failed(e) if pipe => Self::fatal_error(
-                slf,
-                errors::os_error(e),
-                "Fatal write error on pipe transport",
-            ),
             Next::Failed(e) => Self::fatal_error(
                 slf,
                 errors::os_error(e),
-                "Fatal write error on socket transport",
+                this.kind.io_error(Direction::Write),
             ),
             Next::Buffered { register } => {
                 if register {

@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyBytes, PyTuple};
 
 use super::{Next, State, StreamTransport, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use crate::io::fd_watchers::Direction;
@@ -109,6 +109,7 @@ impl State {
 
     /// A read of `n` bytes: grow the pipe if it was full.
     pub(super) fn pipe_read(&mut self, fd: RawFd, n: usize) {
+        self.big_reads = n >= sock_io::DIRECT_READ_MIN;
         if n >= FULL_READ {
             self.pipe_full(fd);
         }
@@ -174,7 +175,8 @@ impl StreamTransport {
     /// `write()` on a write pipe, decided under the state lock: asyncio's
     /// `_UnixWritePipeTransport.write` (the caller checked the data's type
     /// and schedules what the answer says).
-    pub(super) fn pipe_write_locked(fd: std::os::fd::RawFd, st: &mut State, bytes: &[u8]) -> Next {
+    pub(super) fn pipe_write_locked(fd: RawFd, st: &mut State, obj: &Bound<'_, PyBytes>) -> Next {
+        let bytes = obj.as_bytes();
         if bytes.is_empty() {
             return Next::Nothing;
         }
@@ -183,13 +185,13 @@ impl StreamTransport {
             st.conn_lost += 1;
             return if log { Next::LogLost } else { Next::Nothing };
         }
-        let mut rest = bytes;
+        let mut sent = 0;
         let mut register = false;
         if st.buffer.is_empty() {
             // Attempt to send it right away first.
             match sock_io::write(fd, bytes) {
                 IoResult::Done(n) if n == bytes.len() => return Next::Nothing,
-                IoResult::Done(n) => rest = &bytes[n..],
+                IoResult::Done(n) => sent = n,
                 IoResult::WouldBlock => {}
                 IoResult::Failed(e) => {
                     st.conn_lost += 1;
@@ -199,7 +201,7 @@ impl StreamTransport {
             register = true;
             st.pipe_full(fd);
         }
-        st.buffer.extend(rest);
+        st.buffer.extend_from(obj, sent);
         Next::Buffered { register }
     }
 }
@@ -208,13 +210,19 @@ impl StreamTransport {
 mod tests {
     use super::*;
 
+    /// `pipe_write_locked` of `data` (as a `bytes`).
+    fn write(fd: RawFd, st: &mut State, data: &[u8]) -> Next {
+        Python::initialize();
+        Python::attach(|py| StreamTransport::pipe_write_locked(fd, st, &PyBytes::new(py, data)))
+    }
+
     #[test]
     fn write_after_close_is_counted_and_logged_past_the_threshold() {
         let mut st = State::new(None, false, None, None, None);
         st.closing = true;
         let mut logged = 0;
         for _ in 0..8 {
-            if let Next::LogLost = StreamTransport::pipe_write_locked(-1, &mut st, b"x") {
+            if let Next::LogLost = write(-1, &mut st, b"x") {
                 logged += 1;
             }
         }
@@ -228,10 +236,7 @@ mod tests {
     fn empty_write_does_nothing() {
         let mut st = State::new(None, false, None, None, None);
         st.closing = true;
-        assert!(matches!(
-            StreamTransport::pipe_write_locked(-1, &mut st, b""),
-            Next::Nothing
-        ));
+        assert!(matches!(write(-1, &mut st, b""), Next::Nothing));
         assert_eq!(st.conn_lost, 0);
     }
 
@@ -246,17 +251,13 @@ mod tests {
         );
         let mut st = State::new(None, false, None, None, None);
         let data = vec![7u8; 1 << 20];
-        let Next::Buffered { register } =
-            StreamTransport::pipe_write_locked(fds[1], &mut st, &data)
-        else {
+        let Next::Buffered { register } = write(fds[1], &mut st, &data) else {
             panic!("a 1 MiB write to an empty pipe must buffer the rest");
         };
         assert!(register);
         assert!(!st.buffer.is_empty() && st.buffer.len() < data.len());
         // The buffer is not empty: the next write only appends.
-        let Next::Buffered { register } =
-            StreamTransport::pipe_write_locked(fds[1], &mut st, b"ab")
-        else {
+        let Next::Buffered { register } = write(fds[1], &mut st, b"ab") else {
             panic!("expected buffering");
         };
         assert!(!register);
@@ -356,7 +357,7 @@ mod tests {
             libc::close(fds[0]);
         }
         let mut st = State::new(None, false, None, None, None);
-        let Next::Failed(e) = StreamTransport::pipe_write_locked(fds[1], &mut st, b"x") else {
+        let Next::Failed(e) = write(fds[1], &mut st, b"x") else {
             panic!("EPIPE expected");
         };
         assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
