@@ -575,9 +575,15 @@ mod tests {
         assert!(wait(&ep).len() <= 1);
         assert!(wait(&ep).is_empty());
         // A closed parked fd whose number is reused by another file is added.
-        drop(r);
+        // NOTE: dup2 puts the new file at the number atomically; closing
+        // `r` and hoping the next pipe gets its number raced with other
+        // test threads opening fds.
         let (r2, _w2) = pipe();
-        assert_eq!(r2.as_raw_fd(), fd);
+        // SAFETY: dup2 of our own open fds; `r` keeps owning number `fd`,
+        // which now names the new pipe's read end (the old file, whose only
+        // fd this was, is closed by it).
+        assert_eq!(unsafe { libc::dup2(r2.as_raw_fd(), fd) }, fd);
+        drop(r2);
         assert_eq!(fw.add(e, fd, Direction::Write, 3).unwrap(), (None, true));
         assert_eq!(fw.add(e, fd, Direction::Read, 4).unwrap(), (None, false));
         assert!(!fw.parked.contains(fd));

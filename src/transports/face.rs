@@ -94,7 +94,11 @@ pub(crate) fn install_face(ty: &Bound<'_, PyType>) -> PyResult<()> {
         if ffi::PyObject_TypeCheck(descr.as_ptr(), &raw mut ffi::PyMemberDescr_Type) == 0 {
             return Err(PyTypeError::new_err("_core must be a __slots__ member"));
         }
-        let member = (*descr.as_ptr().cast::<ffi::PyMemberDescrObject>()).d_member;
+        // NOTE: CPython's `d_member` is a `PyMemberDef *` on every version;
+        // pyo3-ffi types it as `PyGetSetDef *` before 3.11, hence the cast.
+        let member = (*descr.as_ptr().cast::<ffi::PyMemberDescrObject>())
+            .d_member
+            .cast::<ffi::PyMemberDef>();
         if (*member).type_code != ffi::Py_T_OBJECT_EX {
             return Err(PyTypeError::new_err("_core must be an object slot"));
         }
