@@ -10,6 +10,7 @@ static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 static KW_LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 static KW_TASK: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+static KW_TASK_310: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 
 /// `asyncio.Future` (the C implementation when available).
 pub fn future_type(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
@@ -86,6 +87,22 @@ pub fn new_task<'py>(
     name: &Bound<'py, PyAny>,
     context: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    if py.version_info() < (3, 11) {
+        // NOTE: 3.10's Task and create_task() take no context.
+        if !context.is_none() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "create_task() got an unexpected keyword argument 'context'",
+            ));
+        }
+        let names = kwnames(py, &KW_TASK_310, &["loop", "name"]);
+        return vectorcall(
+            py,
+            task_type(py)?,
+            &[coro.as_ptr(), event_loop.as_ptr(), name.as_ptr()],
+            1,
+            Some(&names),
+        );
+    }
     let names = kwnames(py, &KW_TASK, &["loop", "name", "context"]);
     vectorcall(
         py,

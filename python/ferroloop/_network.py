@@ -29,7 +29,12 @@ _BaseLoop = base_events.BaseEventLoop
 _SelectorLoop = selector_events.BaseSelectorEventLoop
 _UnixLoop = unix_events._UnixSelectorEventLoop
 
+_PY311 = sys.version_info >= (3, 11)
 _PY313 = sys.version_info >= (3, 13)
+# NOTE: 3.11 added ssl_shutdown_timeout (constants.SSL_SHUTDOWN_TIMEOUT, a
+# parameter of _start_serving, _accept_connection and SSLProtocol); on 3.10
+# it is accepted here and not passed on.
+_SSL_SHUTDOWN_TIMEOUT = getattr(constants, "SSL_SHUTDOWN_TIMEOUT", 30.0)
 
 
 class NetworkMixin:
@@ -62,7 +67,7 @@ class NetworkMixin:
         server=None,
         backlog=100,
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
-        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+        ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT,
     ):
         """Start accepting on *sock*: natively (``transports/accept.rs``), or
         with asyncio's own accept loop for TLS servers and in debug mode
@@ -74,8 +79,9 @@ class NetworkMixin:
             server,
             backlog,
             ssl_handshake_timeout,
-            ssl_shutdown_timeout,
         )
+        if _PY311:
+            args += (ssl_shutdown_timeout,)
         if sslcontext is not None or self._debug:
             return _SelectorLoop._start_serving(self, *args)
 
@@ -143,7 +149,7 @@ class NetworkMixin:
         extra=None,
         server=None,
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
-        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+        ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT,
         **kwargs,
     ):
         # asyncio's TLS: an SSLProtocol between the socket transport and the
@@ -157,7 +163,7 @@ class NetworkMixin:
             server_side,
             server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            **({"ssl_shutdown_timeout": ssl_shutdown_timeout} if _PY311 else {}),
             **kwargs,
         )
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
