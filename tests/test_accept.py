@@ -15,6 +15,7 @@ import gc
 import os
 import resource
 import socket
+import sys
 import weakref
 
 import pytest
@@ -264,6 +265,10 @@ def test_unclosed_accepted_transport_warns_and_closes_fd(loop, run):
         assert ref() is None
         await cp.done  # the server side's socket was closed: EOF
         tr.close()
-        await server.wait_closed()
+        # NOTE: on 3.12, wait_closed() waits for every connection to detach
+        # and a collected transport never does (asyncio's loop hangs here
+        # too); from 3.13 on, an unclosed transport detaches when collected.
+        if sys.version_info[:2] != (3, 12):
+            await server.wait_closed()
 
     run(main())

@@ -195,6 +195,11 @@ class SocketTransport(transports._FlowControlMixin):
         if core is not None and core._is_open:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core._close_fd()
+            # NOTE: 3.13's selector transport detaches from its server here
+            # (so that Server.wait_closed() does not wait for it forever).
+            server = core._server
+            if _PY313 and server is not None:
+                server._detach(self)
 
     def pause_reading(self):
         if self._core._pause_reading() and self._loop.get_debug():
