@@ -3,6 +3,7 @@ benches/proc/run.py) share."""
 
 import argparse
 import importlib.metadata
+import json
 import platform
 import statistics
 
@@ -50,3 +51,16 @@ def render(head, rows, markdown, left):
 
         lines = [just(head), "  ".join("-" * x for x in w)] + [just(r) for r in rows]
     return "\n".join(lines)
+
+
+def save_json(path, args, results, errors, **extra):
+    """The raw samples of a run (``--json PATH``): the arguments, the
+    results, the errors keyed "bench loop", and any *extra* sections."""
+    doc = {
+        "args": vars(args),
+        "results": results,
+        "errors": {f"{b} {lp}": e for (b, lp), e in errors.items()},
+        **extra,
+    }
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)

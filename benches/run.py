@@ -20,7 +20,7 @@ import sys
 
 sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 _worker = importlib.import_module("_worker")
-from _report import csv, version
+from _report import csv, save_json, version
 
 BENCHES, LOOPS = _worker.BENCHES, _worker.LOOPS
 
@@ -139,16 +139,7 @@ def main():
     for (bench, loop), err in errors.items():
         print(f"\nFAIL {bench} {loop}: {err}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "args": vars(args),
-                    "results": results,
-                    "errors": {f"{b} {lp}": e for (b, lp), e in errors.items()},
-                },
-                f,
-                indent=1,
-            )
+        save_json(args.json, args, results, errors)
     sys.exit(1 if errors else 0)
 
 

@@ -255,6 +255,26 @@ def run_forever(loop):
 
 
 # --------------------------------------------------------------------------
+# plain helpers (imported by test modules: ``from conftest import ...``)
+# --------------------------------------------------------------------------
+
+
+def open_fd_count():
+    """How many fds this process has open (for leak checks)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def wait_until(predicate, timeout=5.0):
+    """Yield to the running loop until ``predicate()`` holds; fail after
+    *timeout* seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+# --------------------------------------------------------------------------
 # subprocess helpers
 # --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import warnings
 import weakref
 
 import pytest
+from conftest import open_fd_count, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Unix pipes")
 
@@ -59,18 +60,6 @@ class Recorder(asyncio.Protocol):
         self.events.append(("lost", type(exc).__name__ if exc else None))
         if not self.done.done():
             self.done.set_result(exc)
-
-
-def _open_fds():
-    return len(os.listdir("/proc/self/fd"))
-
-
-async def _wait_for(predicate, timeout=5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.001)
 
 
 async def _drain_fd(fd, nbytes):
@@ -132,7 +121,7 @@ def test_read_pipe_data_then_eof(loop, run):
             assert not tr.is_closing()
             os.write(w, b"hello ")
             os.write(w, b"world")
-            await _wait_for(lambda: len(proto.data) == 11)
+            await wait_until(lambda: len(proto.data) == 11)
             assert proto.data == b"hello world"
             assert proto.events == ["made"]
             os.close(w)
@@ -167,7 +156,7 @@ def test_read_pipe_pause_resume_reading(loop, run):
             tr.resume_reading()
             tr.resume_reading()
             assert tr.is_reading()
-            await _wait_for(lambda: proto.data == b"held")
+            await wait_until(lambda: proto.data == b"held")
             # EOF while paused is only seen after resume
             tr.pause_reading()
             os.write(w, b" more")
@@ -247,12 +236,12 @@ def test_read_pipe_data_received_error_goes_to_handler(loop, run, exc_handler):
         tr, proto = await loop.connect_read_pipe(Boom, os.fdopen(r, "rb", 0))
         try:
             os.write(w, b"one")
-            await _wait_for(lambda: proto.data == b"one")
+            await wait_until(lambda: proto.data == b"one")
             await asyncio.sleep(0.01)
             assert not tr.is_closing()
             assert proto.events == ["made"]
             os.write(w, b"two")
-            await _wait_for(lambda: proto.data == b"onetwo")
+            await wait_until(lambda: proto.data == b"onetwo")
         finally:
             os.close(w)
         assert await proto.done is None
@@ -291,7 +280,7 @@ def test_write_pipe_basics(loop, run):
             tr.write(b"")  # nothing
             tr.writelines([b"!", bytearray(b"?"), memoryview(b".")])
             assert await _drain_fd(r, 14) == b"hello world!?."
-            await _wait_for(lambda: tr.get_write_buffer_size() == 0)
+            await wait_until(lambda: tr.get_write_buffer_size() == 0)
             with pytest.raises((TypeError, AssertionError)):
                 tr.write("str is refused")
             tr.write_eof()
@@ -486,7 +475,7 @@ def test_write_pipe_reader_closes_with_nothing_buffered(loop, run):
         tr, proto = await loop.connect_write_pipe(Recorder, pipeobj)
         tr.write(b"fits")
         assert await _drain_fd(r, 4) == b"fits"
-        await _wait_for(lambda: tr.get_write_buffer_size() == 0)
+        await wait_until(lambda: tr.get_write_buffer_size() == 0)
         os.close(r)
         assert await proto.done is None
         assert proto.events == ["made", ("lost", None)]
@@ -569,9 +558,9 @@ def test_pty_master_read_until_slave_closes(loop, run, exc_handler):
         mobj = os.fdopen(master, "rb", 0)
         tr, proto = await loop.connect_read_pipe(Recorder, mobj)
         os.write(slave, b"hello\n")
-        await _wait_for(lambda: proto.data == b"hello\n")
+        await wait_until(lambda: proto.data == b"hello\n")
         os.write(slave, b"bye")
-        await _wait_for(lambda: proto.data == b"hello\nbye")
+        await wait_until(lambda: proto.data == b"hello\nbye")
         os.close(slave)
         # Reading a pty master whose slave side is closed fails with EIO:
         # asyncio treats it as a fatal read error (no eof_received) but does
@@ -632,7 +621,7 @@ def test_fifo_read_and_write(loop, run, tmp_path):
         wfd = os.open(path, os.O_WRONLY)
         _, rproto = await loop.connect_read_pipe(Recorder, os.fdopen(rfd, "rb", 0))
         os.write(wfd, b"into the fifo")
-        await _wait_for(lambda: rproto.data == b"into the fifo")
+        await wait_until(lambda: rproto.data == b"into the fifo")
         os.close(wfd)
         assert await rproto.done is None
         assert rproto.events == ["made", "eof", ("lost", None)]
@@ -678,7 +667,7 @@ def test_socket_accepted_as_pipe(loop, run):
             rtr, rproto = await loop.connect_read_pipe(Recorder, a)
             assert rtr.get_extra_info("pipe") is a
             b.sendall(b"over a socket")
-            await _wait_for(lambda: rproto.data == b"over a socket")
+            await wait_until(lambda: rproto.data == b"over a socket")
             b.close()
             assert await rproto.done is None
             assert rproto.events == ["made", "eof", ("lost", None)]
@@ -710,13 +699,13 @@ def test_regular_file_refused(loop, run, tmp_path):
     path.write_bytes(b"data")
 
     async def main(rf, wf):
-        before = _open_fds()
+        before = open_fd_count()
         with pytest.raises(ValueError):
             await loop.connect_read_pipe(Recorder, rf)
         with pytest.raises(ValueError):
             await loop.connect_write_pipe(Recorder, wf)
         gc.collect()
-        assert _open_fds() == before
+        assert open_fd_count() == before
         # the refused files are still open and usable
         assert not rf.closed and not wf.closed
         os.fstat(rf.fileno())
@@ -739,7 +728,7 @@ def test_regular_file_refused(loop, run, tmp_path):
 def test_no_fd_leak_over_pipe_transports(loop, run):
     async def main():
         gc.collect()
-        before = _open_fds()
+        before = open_fd_count()
         for _ in range(200):
             r, w = os.pipe()
             _, rp = await loop.connect_read_pipe(Recorder, os.fdopen(r, "rb", 0))
@@ -750,7 +739,7 @@ def test_no_fd_leak_over_pipe_transports(loop, run):
             await rp.done
             assert rp.data == b"x"
         gc.collect()
-        assert _open_fds() == before
+        assert open_fd_count() == before
 
     run(main())
 

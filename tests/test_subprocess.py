@@ -20,6 +20,7 @@ import time
 import warnings
 
 import pytest
+from conftest import open_fd_count, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Unix subprocesses")
 
@@ -34,10 +35,6 @@ COMMUNICATE_CLOSES_STDIN = sys.version_info >= (3, 12, 1)
 
 
 # -- helpers ---------------------------------------------------------------------
-
-
-def _open_fds():
-    return len(os.listdir("/proc/self/fd"))
 
 
 def _children():
@@ -63,14 +60,6 @@ def _state(pid):
 def _zombies(pids):
     """The pids among *pids* that are zombie children of this process."""
     return {pid for pid in _children() & set(pids) if _state(pid) == "Z"}
-
-
-async def _wait_for(predicate, timeout=5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.001)
 
 
 class SubRecorder(asyncio.SubprocessProtocol):
@@ -259,7 +248,7 @@ def test_transport_extra_info_and_pipe_transports(loop, run):
             assert tr.get_pipe_transport(2) is None  # DEVNULL
             assert tr.get_pipe_transport(3) is None
             tr.get_pipe_transport(0).write(b"echo")
-            await _wait_for(lambda: proto.out[1] == b"echo")
+            await wait_until(lambda: proto.out[1] == b"echo")
             tr.get_pipe_transport(0).close()
             assert await proto.done is None
             assert tr.get_returncode() == 0
@@ -332,13 +321,13 @@ def test_stdio_fd_and_file_object(loop, run, tmp_path):
     async def main(fin, ferr):
         r, w = os.pipe()
         try:
-            before = _open_fds()
+            before = open_fd_count()
             proc = await asyncio.create_subprocess_exec(
                 PY, "-c", code, stdin=fin, stdout=w, stderr=ferr
             )
             assert (proc.stdin, proc.stdout, proc.stderr) == (None, None, None)
             assert await proc.wait() == 0
-            assert _open_fds() == before  # ours are not closed, none leaked
+            assert open_fd_count() == before  # ours are not closed, none leaked
             assert not fin.closed and not ferr.closed
             ferr.close()
             os.close(w)
@@ -651,7 +640,7 @@ def test_preexec_fn_raising(loop, run):
 
     async def main():
         gc.collect()
-        before_fds, before_children = _open_fds(), _children()
+        before_fds, before_children = open_fd_count(), _children()
         with pytest.raises(subprocess.SubprocessError):
             await asyncio.create_subprocess_exec(
                 "/bin/true", preexec_fn=boom, stdin=PIPE, stdout=PIPE, stderr=PIPE
@@ -659,7 +648,7 @@ def test_preexec_fn_raising(loop, run):
         with pytest.raises(subprocess.SubprocessError):
             await loop.subprocess_exec(SubRecorder, "/bin/true", preexec_fn=boom)
         gc.collect()
-        assert _open_fds() == before_fds
+        assert open_fd_count() == before_fds
         assert not _zombies(_children() - before_children)
         # the loop keeps working
         proc = await asyncio.create_subprocess_exec("/bin/true")
@@ -773,7 +762,7 @@ BAD_KWARGS = [
 def test_argument_errors(loop, run):
     async def main():
         gc.collect()
-        before_fds, before_children = _open_fds(), _children()
+        before_fds, before_children = open_fd_count(), _children()
         for kwargs in BAD_KWARGS:
             with pytest.raises(ValueError):
                 await asyncio.create_subprocess_exec("/bin/true", **kwargs)
@@ -800,7 +789,7 @@ def test_argument_errors(loop, run):
             with pytest.raises(TypeError):
                 await loop.subprocess_exec(SubRecorder, *args)
         gc.collect()
-        assert _open_fds() == before_fds
+        assert open_fd_count() == before_fds
         assert not _children() - before_children  # nothing was spawned
         # explicit defaults are fine; bytes and PathLike programs work
         import pathlib
@@ -821,7 +810,7 @@ def test_missing_executable(loop, run, tmp_path):
 
     async def main():
         gc.collect()
-        before_fds, before_children = _open_fds(), _children()
+        before_fds, before_children = open_fd_count(), _children()
         for _ in range(20):
             with pytest.raises(FileNotFoundError):
                 await asyncio.create_subprocess_exec(
@@ -834,7 +823,7 @@ def test_missing_executable(loop, run, tmp_path):
         with pytest.raises(FileNotFoundError):
             await asyncio.create_subprocess_exec("/bin/true", cwd=tmp_path / "missing")
         gc.collect()
-        assert _open_fds() == before_fds
+        assert open_fd_count() == before_fds
         assert not _zombies(_children() - before_children)
         # the loop keeps running, and a shell reports a missing program as 127
         await asyncio.sleep(0.001)
@@ -852,14 +841,14 @@ def test_missing_executable(loop, run, tmp_path):
 def test_200_concurrent_children(loop, run):
     async def main():
         gc.collect()
-        before = _open_fds()
+        before = open_fd_count()
         procs = await asyncio.gather(
             *(asyncio.create_subprocess_exec("/bin/true") for _ in range(200))
         )
         assert len({p.pid for p in procs}) == 200
         assert await asyncio.gather(*(p.wait() for p in procs)) == [0] * 200
         gc.collect()
-        assert _open_fds() == before
+        assert open_fd_count() == before
         return [p.pid for p in procs]
 
     pids = run(main(), timeout=30)
@@ -869,14 +858,14 @@ def test_200_concurrent_children(loop, run):
 def test_1000_sequential_spawn_wait_cycles(loop, run):
     async def main():
         gc.collect()
-        before = _open_fds()
+        before = open_fd_count()
         pids = []
         for _ in range(1000):
             proc = await asyncio.create_subprocess_exec("/bin/true")
             assert await proc.wait() == 0
             pids.append(proc.pid)
         gc.collect()
-        assert _open_fds() == before
+        assert open_fd_count() == before
         return pids
 
     pids = run(main(), timeout=40)
@@ -886,7 +875,7 @@ def test_1000_sequential_spawn_wait_cycles(loop, run):
 def test_pipes_closed_over_many_children(loop, run):
     async def main():
         gc.collect()
-        before = _open_fds()
+        before = open_fd_count()
         for i in range(100):
             proc = await asyncio.create_subprocess_exec(
                 "/bin/cat", stdin=PIPE, stdout=PIPE, stderr=PIPE
@@ -894,7 +883,7 @@ def test_pipes_closed_over_many_children(loop, run):
             out, err = await proc.communicate(b"%d" % i)
             assert (out, err) == (b"%d" % i, b"")
         gc.collect()
-        assert _open_fds() == before
+        assert open_fd_count() == before
 
     run(main(), timeout=30)
 
@@ -1015,7 +1004,7 @@ def test_sigchld_handler_coexists_with_children(loop, run):
         try:
             proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 4")
             assert await proc.wait() == 4
-            await _wait_for(lambda: hits)
+            await wait_until(lambda: hits)
             await asyncio.sleep(0.01)
             n = len(hits)
             proc = await asyncio.create_subprocess_exec(
@@ -1023,7 +1012,7 @@ def test_sigchld_handler_coexists_with_children(loop, run):
             )
             assert await proc.communicate() == (b"x\n", None)
             assert proc.returncode == 5
-            await _wait_for(lambda: len(hits) > n)
+            await wait_until(lambda: len(hits) > n)
         finally:
             assert loop.remove_signal_handler(signal.SIGCHLD)
         return proc.pid
@@ -1082,7 +1071,7 @@ def no_pidfd(loop_name, monkeypatch):
 def test_children_without_pidfds(loop, run, no_pidfd):
     async def main():
         gc.collect()
-        before = _open_fds()
+        before = open_fd_count()
         procs = await asyncio.gather(
             *(asyncio.create_subprocess_exec("/bin/sh", "-c", f"exit {i}") for i in range(20))
         )
@@ -1093,7 +1082,7 @@ def test_children_without_pidfds(loop, run, no_pidfd):
         proc.kill()
         assert await proc.wait() == -signal.SIGKILL
         gc.collect()
-        assert _open_fds() == before
+        assert open_fd_count() == before
         return [p.pid for p in procs]
 
     pids = run(main(), timeout=20)
@@ -1140,7 +1129,7 @@ def test_spawn_with_fds_exhausted(loop, run):
 
     async def main():
         gc.collect()
-        before = _open_fds()
+        before = open_fd_count()
         highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
         fillers = []
         resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
@@ -1172,7 +1161,7 @@ def test_spawn_with_fds_exhausted(loop, run):
                 os.close(fd)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         gc.collect()
-        assert _open_fds() == before
+        assert open_fd_count() == before
         # The loop keeps working once fds are free again.
         proc = await asyncio.create_subprocess_exec("/bin/cat", stdin=PIPE, stdout=PIPE)
         assert await proc.communicate(b"ok") == (b"ok", None)

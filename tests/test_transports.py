@@ -13,6 +13,7 @@ import socket
 import sys
 
 import pytest
+from conftest import open_fd_count
 
 HAS_IPV6 = socket.has_ipv6
 try:
@@ -645,10 +646,6 @@ def test_thousand_concurrent_connections(loop, run):
     run(main(), timeout=60)
 
 
-def _open_fds():
-    return len(os.listdir("/proc/self/fd"))
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
 def test_no_fd_leak_over_many_connections(loop, run):
     cycles = 10_000
@@ -656,14 +653,14 @@ def test_no_fd_leak_over_many_connections(loop, run):
     async def main():
         server = await loop.create_server(Recorder, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        before = _open_fds()
+        before = open_fd_count()
         for _ in range(cycles):
             tr, cp = await loop.create_connection(Recorder, "127.0.0.1", port)
             tr.close()
             await cp.done
         await asyncio.sleep(0.05)  # server sides see EOF and close
         gc.collect()
-        after = _open_fds()
+        after = open_fd_count()
         server.close()
         await server.wait_closed()
         return before, after

@@ -33,7 +33,7 @@ sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 from server import HTTP_BODY  # benches/net/ is sys.path[0]
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _report import csv, render, stats  # benches/_report.py
+from _report import csv, render, save_json, stats  # benches/_report.py
 from _report import version as package_version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -806,18 +806,8 @@ def main():
         for prob in uniq[:5]:
             print(f"  {prob}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "args": vars(args),
-                    "notes": notes,
-                    "results": results,
-                    "errors": {f"{b} {lp}": e for (b, lp), e in errors.items()},
-                    "warnings": {f"{b} {lp}": w for (b, lp), w in warnings.items()},
-                },
-                f,
-                indent=1,
-            )
+        warned = {f"{b} {lp}": w for (b, lp), w in warnings.items()}
+        save_json(args.json, args, results, errors, notes=notes, warnings=warned)
     sys.exit(1 if errors else 0)
 
 

@@ -26,7 +26,7 @@ sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 import worker  # benches/proc/ is sys.path[0]
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _report import csv, render, stats, version  # benches/_report.py
+from _report import csv, render, save_json, stats, version  # benches/_report.py
 
 WORKER = os.path.abspath(worker.__file__)
 BENCHES, LOOPS = worker.BENCHES, worker.LOOPS
@@ -174,17 +174,7 @@ def main():
     for (lp, err), bs in failed.items():
         print(f"\nFAIL {lp} ({', '.join(bs)}): {err}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "args": vars(args),
-                    "notes": notes,
-                    "results": results,
-                    "errors": {f"{b} {lp}": e for (b, lp), e in errors.items()},
-                },
-                f,
-                indent=1,
-            )
+        save_json(args.json, args, results, errors, notes=notes)
     sys.exit(1 if errors else 0)
 
 

@@ -50,19 +50,26 @@ async def spawn_true():
     return await p.wait()
 
 
+def timed_spawns(loop, main, n):
+    """Runs *main* (a coroutine returning the exit codes of the n children
+    it spawned and waited for), checks that all n exited with 0, and
+    returns how long it took."""
+    t0 = perf_counter()
+    codes = loop.run_until_complete(main)
+    dt = perf_counter() - t0
+    check(len(codes) == n, f"{len(codes)} children waited, expected {n}")
+    bad = [c for c in codes if c != 0]
+    check(not bad, f"{len(bad)} of {n} children exited with {sorted(set(bad))}, expected 0")
+    return dt
+
+
 def bench_spawn_seq(loop, n):
     """n sequential create_subprocess_exec('/bin/true') + wait()."""
 
     async def main():
         return [await spawn_true() for _ in range(n)]
 
-    t0 = perf_counter()
-    codes = loop.run_until_complete(main())
-    dt = perf_counter() - t0
-    check(len(codes) == n, f"{len(codes)} children waited, expected {n}")
-    bad = [c for c in codes if c != 0]
-    check(not bad, f"{len(bad)} of {n} children exited with {sorted(set(bad))}, expected 0")
-    return dt, {}
+    return timed_spawns(loop, main(), n), {}
 
 
 CONCURRENCY = 50
@@ -86,12 +93,7 @@ def bench_spawn_conc(loop, n):
         sem = asyncio.Semaphore(CONCURRENCY)
         return await asyncio.gather(*[one(sem) for _ in range(n)])
 
-    t0 = perf_counter()
-    codes = loop.run_until_complete(main())
-    dt = perf_counter() - t0
-    check(len(codes) == n, f"{len(codes)} children waited, expected {n}")
-    bad = [c for c in codes if c != 0]
-    check(not bad, f"{len(bad)} of {n} children exited with {sorted(set(bad))}, expected 0")
+    dt = timed_spawns(loop, main(), n)
     check(peak == min(n, CONCURRENCY), f"peak concurrency {peak}, expected {CONCURRENCY}")
     return dt, {"peak_concurrency": peak}
 

@@ -114,8 +114,8 @@ class Loop(
         self._transports = weakref.WeakValueDictionary()
         # Unix server socket -> inode, for cleanup_socket (3.13+).
         self._unix_server_sockets = {}
-        # pidfd -> pid of the children whose exit the loop watches.
-        self._child_pidfds = {}
+        # The pidfds of the children whose exit the loop watches.
+        self._child_pidfds = set()
         # In debug mode, a callback or task step longer than this (seconds)
         # is logged.
         self.slow_callback_duration = 0.1

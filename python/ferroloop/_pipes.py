@@ -15,10 +15,9 @@ import os
 import stat
 import warnings
 from asyncio import base_subprocess, futures, transports
-from asyncio.log import logger
 
 from . import _ferroloop
-from ._transports import SocketTransport, _core_property, _delegate
+from ._transports import _CoreFace, _ReadingFace, _WritingFace
 
 
 def _childs_pipe(protocol):
@@ -32,18 +31,13 @@ def _childs_pipe(protocol):
     return getattr(popen, "pipesize", None) == -1
 
 
-class _PipeFace:
-    """What both pipe faces share: the core, reprs, close, errors."""
+class _PipeFace(_CoreFace):
+    """What both pipe faces share: construction, reprs, the unclosed-transport
+    warning (the rest is ``_CoreFace``'s)."""
 
     __slots__ = ()
 
-    get_protocol = _delegate("get_protocol")
-    set_protocol = _delegate("set_protocol")
-    is_closing = _delegate("is_closing")
-    close = _delegate("close")
-    _call_connection_lost = _delegate("_call_connection_lost")
-    _protocol = _core_property("_protocol", "The protocol (None once the connection is lost).")
-    _closing = _core_property("_closing", "close() was called, or EOF / an error ended it.")
+    _FATAL_ERROR = "Fatal error on pipe transport"
 
     def _setup(self, loop, pipe, protocol, waiter, extra, write, kinds, message):
         """asyncio's pipe transport ``__init__``: refuse a file of another
@@ -95,18 +89,8 @@ class _PipeFace:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._core._close_fd()
 
-    def _report_fatal(self, exc, message):
-        self._loop.call_exception_handler(
-            {
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self._core._protocol,
-            }
-        )
 
-
-class ReadPipeTransport(_PipeFace, transports.ReadTransport):
+class ReadPipeTransport(_PipeFace, _ReadingFace, transports.ReadTransport):
     """The read end of a pipe, a FIFO, a character device or a socket."""
 
     # NOTE: with an instance dict, as asyncio's pipe transports have (tests
@@ -125,28 +109,16 @@ class ReadPipeTransport(_PipeFace, transports.ReadTransport):
         polling = core is not None and core._reading_registered
         return "<{}>".format(" ".join(self._repr_info(polling)))
 
-    is_reading = _delegate("is_reading")
-    _paused = _core_property("_paused", "pause_reading() was called.")
-
-    def pause_reading(self):
-        if self._core._pause_reading() and self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self):
-        if self._core._resume_reading() and self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
-
-    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
-        # NOTE: asyncio: EIO (a pty whose other side closed) is not reported.
-        if isinstance(exc, OSError) and exc.errno == errno.EIO:
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=exc)
-        else:
-            self._report_fatal(exc, message)
-        self._core._force_close(exc)
+    @staticmethod
+    def _is_quiet_error(exc):
+        # NOTE: asyncio's read pipe reports every error but EIO (a pty whose
+        # other side closed), OSErrors included.
+        return isinstance(exc, OSError) and exc.errno == errno.EIO
 
 
-class WritePipeTransport(_PipeFace, transports._FlowControlMixin, transports.WriteTransport):
+class WritePipeTransport(
+    _PipeFace, _WritingFace, transports._FlowControlMixin, transports.WriteTransport
+):
     """The write end of a pipe, a FIFO, a character device or a socket.
 
     NOTE: a ``_FlowControlMixin`` like asyncio's, whose state lives in the
@@ -171,21 +143,5 @@ class WritePipeTransport(_PipeFace, transports._FlowControlMixin, transports.Wri
     def write(self, data):
         self._core.write(data)
 
-    get_write_buffer_size = _delegate("get_write_buffer_size")
-    get_write_buffer_limits = _delegate("get_write_buffer_limits")
-    set_write_buffer_limits = SocketTransport.set_write_buffer_limits
-    write_eof = _delegate("write_eof")
-    abort = _delegate("abort")
-    _protocol_paused = _core_property("_protocol_paused", "The protocol was told to pause writing.")
-    _conn_lost = _core_property("_conn_lost", "Failed writes and writes after close.")
-
     def can_write_eof(self):
         return True
-
-    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=exc)
-        else:
-            self._report_fatal(exc, message)
-        self._core._force_close(exc)

@@ -72,23 +72,29 @@ def _installed_child_watcher():
     return watcher
 
 
-def _exit_code(pid, proc):
-    """Reap child *pid* (its exit was reported) and return its returncode.
+def _reaped_elsewhere(pid, proc):
+    """The returncode of child *pid*, which someone else reaped.
 
     NOTE: ``Popen.send_signal()`` polls first, so ``kill()`` racing the
     child's exit may have reaped it through its own Popen object: its
     returncode is then the real one. Reaped by anyone else: asyncio's 255.
     """
+    if proc is not None and proc.returncode is not None:
+        return proc.returncode
+    logger.warning(
+        "child process pid %d exit status already read:  will report returncode 255",
+        pid,
+    )
+    return 255
+
+
+def _exit_code(pid, proc, options):
+    """``waitpid(pid, options)``: the child's returncode, or None if it has
+    not exited (WNOHANG)."""
     try:
-        wpid, status = os.waitpid(pid, os.WNOHANG)
+        wpid, status = os.waitpid(pid, options)
     except ChildProcessError:
-        if proc is not None and proc.returncode is not None:
-            return proc.returncode
-        logger.warning(
-            "child process pid %d exit status already read:  will report returncode 255",
-            pid,
-        )
-        return 255
+        return _reaped_elsewhere(pid, proc)
     if wpid == 0:
         return None
     return os.waitstatus_to_exitcode(status)
@@ -96,12 +102,7 @@ def _exit_code(pid, proc):
 
 def _wait_in_thread(loop, pid, transp):
     """Fallback without pidfds: block in waitpid(pid) in a thread."""
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        returncode = _exit_code(pid, transp._proc)
-    else:
-        returncode = os.waitstatus_to_exitcode(status)
+    returncode = _exit_code(pid, transp._proc, 0)
     try:
         loop._child_watcher_callback(pid, returncode, transp)
     except RuntimeError:
@@ -174,12 +175,12 @@ class SubprocessMixin:
                 pidfd = os.pidfd_open(pid)
             except ProcessLookupError:
                 # Reaped already (nothing here waits for it before this).
-                self._child_watcher_callback(pid, _exit_code(pid, transp._proc), transp)
+                self._child_watcher_callback(pid, _reaped_elsewhere(pid, transp._proc), transp)
                 return
             except OSError:
                 pass  # EMFILE and such: wait in a thread instead
             else:
-                self._child_pidfds[pidfd] = pid
+                self._child_pidfds.add(pidfd)
                 self._add_reader(pidfd, self._child_pidfd_ready, pidfd, transp)
                 return
         self._wait_child_in_thread(pid, transp)
@@ -195,9 +196,10 @@ class SubprocessMixin:
 
     def _child_pidfd_ready(self, pidfd, transp):
         self._remove_reader(pidfd)
-        pid = self._child_pidfds.pop(pidfd)
+        self._child_pidfds.discard(pidfd)
         os.close(pidfd)
-        returncode = _exit_code(pid, transp._proc)
+        pid = transp.get_pid()
+        returncode = _exit_code(pid, transp._proc, os.WNOHANG)
         if returncode is None:
             # NOTE: a pidfd is readable once the child has exited, so this
             # cannot happen; never spin on it if it does.

@@ -72,7 +72,92 @@ _NATIVE_FAMILIES = frozenset(
 )
 
 
-class SocketTransport(transports._FlowControlMixin):
+class _CoreFace:
+    """What every transport face (socket or pipe) delegates to its native
+    core, ``self._core`` (``_ferroloop.StreamTransport``)."""
+
+    __slots__ = ()
+
+    get_protocol = _delegate("get_protocol")
+    set_protocol = _delegate("set_protocol")
+    # NOTE: SocketTransport's is a native descriptor (install_face).
+    is_closing = _delegate("is_closing")
+    close = _delegate("close")
+    _call_connection_lost = _delegate("_call_connection_lost")
+    _protocol = _core_property("_protocol", "The protocol (None once the connection is lost).")
+    _closing = _core_property("_closing", "close() was called, or EOF / an error ended it.")
+
+    _FATAL_ERROR = "Fatal error on transport"
+
+    @staticmethod
+    def _is_quiet_error(exc):
+        """asyncio logs these only in debug mode, and reports the rest to
+        the exception handler."""
+        return isinstance(exc, OSError)
+
+    def _fatal_error(self, exc, message=None):
+        """asyncio's ``_fatal_error``: report, then close with *exc*. The core
+        calls it for failed reads, writes and protocol callbacks."""
+        if message is None:
+            message = self._FATAL_ERROR
+        if self._is_quiet_error(exc):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=exc)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._core._protocol,
+                }
+            )
+        self._core._force_close(exc)
+
+
+class _ReadingFace(_CoreFace):
+    """The reading half of a face: pause/resume (logged in debug mode)."""
+
+    __slots__ = ()
+
+    is_reading = _delegate("is_reading")
+    _paused = _core_property("_paused", "pause_reading() was called.")
+
+    def pause_reading(self):
+        if self._core._pause_reading() and self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._core._resume_reading() and self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+
+class _WritingFace(_CoreFace):
+    """The writing half of a face: the write buffer and its flow control,
+    which live in the core."""
+
+    __slots__ = ()
+
+    get_write_buffer_size = _delegate("get_write_buffer_size")
+    get_write_buffer_limits = _delegate("get_write_buffer_limits")
+    write_eof = _delegate("write_eof")
+    abort = _delegate("abort")
+    _protocol_paused = _core_property("_protocol_paused", "The protocol was told to pause writing.")
+    _conn_lost = _core_property(
+        "_conn_lost", "Writes after the connection was lost (asyncio's count)."
+    )
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._core._set_limits(high, low)
+
+
+class SocketTransport(_ReadingFace, _WritingFace, transports._FlowControlMixin):
     """A TCP or Unix stream socket transport.
 
     NOTE: a ``_FlowControlMixin`` like asyncio's socket transports (loop.sendfile's
@@ -145,27 +230,11 @@ class SocketTransport(transports._FlowControlMixin):
         return extra
 
     writelines = _delegate("writelines")
-    get_write_buffer_size = _delegate("get_write_buffer_size")
-    write_eof = _delegate("write_eof")
     can_write_eof = _delegate("can_write_eof")
-    get_write_buffer_limits = _delegate("get_write_buffer_limits")
-    is_reading = _delegate("is_reading")
-    close = _delegate("close")
-    abort = _delegate("abort")
-    get_protocol = _delegate("get_protocol")
-    set_protocol = _delegate("set_protocol")
     _force_close = _delegate("_force_close")
-    _call_connection_lost = _delegate("_call_connection_lost")
     _make_empty_waiter = _delegate("_make_empty_waiter")
     _reset_empty_waiter = _delegate("_reset_empty_waiter")
 
-    _protocol = _core_property("_protocol", "The protocol (None once the connection is lost).")
-    _protocol_paused = _core_property("_protocol_paused", "The protocol was told to pause writing.")
-    _closing = _core_property("_closing", "close() was called.")
-    _conn_lost = _core_property(
-        "_conn_lost", "connection_lost is scheduled (count of writes after)."
-    )
-    _paused = _core_property("_paused", "pause_reading() was called.")
     _eof = _core_property("_eof", "write_eof() was called.")
     _sock_fd = _core_property("_fd", "The socket's fd.")
     _server = _core_property("_server", "The Server that accepted the connection, if any.")
@@ -200,38 +269,6 @@ class SocketTransport(transports._FlowControlMixin):
             server = core._server
             if _PY313 and server is not None:
                 server._detach(self)
-
-    def pause_reading(self):
-        if self._core._pause_reading() and self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self):
-        if self._core._resume_reading() and self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._core._set_limits(high, low)
-
-    def _fatal_error(self, exc, message="Fatal error on transport"):
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=exc)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._core._protocol,
-                }
-            )
-        self._core._force_close(exc)
 
     def _read_ready__on_eof(self):
         if self._loop.get_debug():
