@@ -1132,7 +1132,9 @@ def test_spawn_with_fds_exhausted(loop, run):
         before = open_fd_count()
         highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
         fillers = []
-        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        # Some headroom above the highest open fd: where the open fds have no
+        # gaps (a fresh CI process), the limit alone would leave none free.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 9, hard))
         try:
             # Fill every free fd number below the limit, then free two: not
             # enough for a child's pipes.
