@@ -259,6 +259,24 @@ def run_forever(loop):
 # --------------------------------------------------------------------------
 
 
+def since(version, what):
+    """Skip marker for a test of *what*, which asyncio has only from Python
+    *version* (a ``(major, minor)`` tuple) on; the reason names both."""
+    return pytest.mark.skipif(
+        sys.version_info < version,
+        reason=f"{what} is new in Python {version[0]}.{version[1]}",
+    )
+
+
+def skip_if_asyncio_310(loop_name, what):
+    """Skip the asyncio half of a test on 3.10, where asyncio *what* (said
+    as "accepts X", ...), while ferroloop keeps 3.11's behaviour there: an
+    early, clear TypeError instead of a late or obscure one, or a method
+    3.11 added."""
+    if loop_name == "asyncio" and sys.version_info < (3, 11):
+        pytest.skip(f"3.10's asyncio {what}; ferroloop keeps 3.11's behaviour on 3.10")
+
+
 def open_fd_count():
     """How many fds this process has open (for leak checks)."""
     return len(os.listdir("/proc/self/fd"))

@@ -5,6 +5,7 @@ import gc
 import sys
 
 import pytest
+from conftest import since
 
 
 def _make_agen(log, fail_on_close=False):
@@ -145,6 +146,7 @@ def test_agen_first_iterated_after_shutdown_warns(loop, run):
     assert log == ["finalized"]
 
 
+@since((3, 11), "asyncio.Runner")
 def test_runner_finalizes_asyncgens(loop_factory):
     log = []
     holder = []

@@ -6,6 +6,7 @@ import threading
 import warnings
 
 import pytest
+from conftest import since
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -73,6 +74,7 @@ def test_new_loop_in_child_forked_from_running_loop(loop, loop_factory, run):
     assert run(main()) == 0
 
 
+@since((3, 11), "asyncio.Runner")
 def test_runner_in_forked_child(loop_factory):
     def child():
         async def main():

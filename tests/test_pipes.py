@@ -104,6 +104,14 @@ async def _fill_until_paused(tr, proto, chunk):
 # -- read pipes ------------------------------------------------------------------
 
 
+def is_reading(tr):
+    """``tr.is_reading()``. asyncio's read pipe transport has it from 3.11;
+    on 3.10 this is what 3.11's reads from the same private state."""
+    if sys.version_info < (3, 11) and type(tr).__module__.startswith("asyncio"):
+        return not tr._paused and not tr._closing
+    return tr.is_reading()
+
+
 def test_read_pipe_data_then_eof(loop, run):
     async def main():
         r, w = os.pipe()
@@ -117,7 +125,7 @@ def test_read_pipe_data_then_eof(loop, run):
             assert tr.get_extra_info("pipe") is pipeobj
             assert tr.get_extra_info("nonexistent", "dflt") == "dflt"
             assert tr.get_protocol() is proto
-            assert tr.is_reading()
+            assert is_reading(tr)
             assert not tr.is_closing()
             os.write(w, b"hello ")
             os.write(w, b"world")
@@ -129,7 +137,7 @@ def test_read_pipe_data_then_eof(loop, run):
             assert await proto.done is None
             assert proto.events == ["made", "eof", ("lost", None)]
             assert tr.is_closing()
-            assert not tr.is_reading()
+            assert not is_reading(tr)
             assert pipeobj.closed
             tr.close()  # no-op once closed
             await asyncio.sleep(0.01)
@@ -149,13 +157,13 @@ def test_read_pipe_pause_resume_reading(loop, run):
         try:
             tr.pause_reading()
             tr.pause_reading()  # idempotent
-            assert not tr.is_reading()
+            assert not is_reading(tr)
             os.write(w, b"held")
             await asyncio.sleep(0.02)
             assert proto.data == b""
             tr.resume_reading()
             tr.resume_reading()
-            assert tr.is_reading()
+            assert is_reading(tr)
             await wait_until(lambda: proto.data == b"held")
             # EOF while paused is only seen after resume
             tr.pause_reading()
@@ -171,7 +179,7 @@ def test_read_pipe_pause_resume_reading(loop, run):
             # pause/resume after the end are no-ops
             tr.pause_reading()
             tr.resume_reading()
-            assert not tr.is_reading()
+            assert not is_reading(tr)
         finally:
             if w is not None:
                 os.close(w)
@@ -187,7 +195,7 @@ def test_read_pipe_close(loop, run):
             tr, proto = await loop.connect_read_pipe(Recorder, pipeobj)
             tr.close()
             assert tr.is_closing()
-            assert not tr.is_reading()
+            assert not is_reading(tr)
             tr.close()  # idempotent
             assert await proto.done is None
             await asyncio.sleep(0.01)

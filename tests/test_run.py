@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from conftest import since
 
 
 async def _value(v):
@@ -378,6 +379,7 @@ def test_running_loop_reset_after_exception(loop):
 # --------------------------------------------------------------------------
 
 
+@since((3, 11), "asyncio.Runner")
 def test_runner_with_loop_factory(loop_factory):
     probe = loop_factory()
     expected_type = type(probe)
@@ -400,6 +402,7 @@ def test_runner_with_loop_factory(loop_factory):
     assert made[0].is_closed()
 
 
+@since((3, 11), "asyncio.Runner")
 def test_runner_cancels_leftover_tasks(loop_factory):
     leftover = []
 
@@ -412,6 +415,7 @@ def test_runner_cancels_leftover_tasks(loop_factory):
     assert leftover[0].cancelled()
 
 
+@since((3, 11), "asyncio.Runner")
 def test_runner_debug_flag(loop_factory):
     async def main():
         return asyncio.get_running_loop().get_debug()
@@ -422,6 +426,7 @@ def test_runner_debug_flag(loop_factory):
         assert runner.run(main()) is False
 
 
+@since((3, 11), "asyncio.Runner")
 def test_runner_run_inside_running_loop(loop, loop_factory):
     runner = asyncio.Runner(loop_factory=loop_factory)
 

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from conftest import since
 
 # --------------------------------------------------------------------------
 # Ctrl-C in a child process
@@ -46,7 +47,15 @@ print("returned normally", flush=True)
 EXIT_BOUND = 5.0  # seconds between SIGINT and the child's exit
 
 
-@pytest.mark.parametrize("mode", ["runner", "run_until_complete", "run_forever", "busy_callbacks"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param("runner", marks=since((3, 11), "asyncio.Runner")),
+        "run_until_complete",
+        "run_forever",
+        "busy_callbacks",
+    ],
+)
 def test_ctrl_c_raises_keyboard_interrupt(child_script, wait_for_line, mode):
     path, env = child_script(CTRL_C_BODY)
     proc = subprocess.Popen(

@@ -7,6 +7,7 @@ import ssl
 import tempfile
 
 import pytest
+from conftest import skip_if_asyncio_310
 
 HAS_IPV6 = socket.has_ipv6
 try:
@@ -234,7 +235,9 @@ def test_many_concurrent_accepts(loop, run, listener):
     assert run(main()) == n
 
 
-def test_udp_sendto_recvfrom(loop, run):
+def test_udp_sendto_recvfrom(loop, loop_name, run):
+    skip_if_asyncio_310(loop_name, "has no sock_recvfrom/sock_sendto (3.11 added them)")
+
     async def main():
         with (
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,

@@ -6,6 +6,7 @@ import statistics
 import time
 
 import pytest
+from conftest import skip_if_asyncio_310
 
 # asyncio runs a timer once ``when < time() + clock resolution``.
 RESOLUTION = time.get_clock_info("monotonic").resolution
@@ -314,12 +315,14 @@ def test_integer_delay_and_when(loop, run_forever):
     assert h.cancelled() is False
 
 
-def test_call_later_none_delay(loop):
+def test_call_later_none_delay(loop, loop_name):
+    skip_if_asyncio_310(loop_name, "fails on None + float")
     with pytest.raises(TypeError, match="^delay must not be None$"):
         loop.call_later(None, print)
 
 
-def test_call_at_none_when(loop):
+def test_call_at_none_when(loop, loop_name):
+    skip_if_asyncio_310(loop_name, "accepts when=None (the timer heap fails later)")
     with pytest.raises(TypeError, match="^when cannot be None$"):
         loop.call_at(None, print)
 

@@ -13,7 +13,7 @@ import socket
 import sys
 
 import pytest
-from conftest import open_fd_count
+from conftest import open_fd_count, since
 
 HAS_IPV6 = socket.has_ipv6
 try:
@@ -780,6 +780,7 @@ def _tls_contexts():
     return server_ctx, client_ctx
 
 
+@since((3, 11), "StreamWriter.start_tls()")
 def test_tls_echo_and_start_tls(loop, run):
     server_ctx, client_ctx = _tls_contexts()
 

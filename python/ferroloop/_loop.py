@@ -302,7 +302,16 @@ class Loop(
 
     def set_default_executor(self, executor):
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            raise TypeError("executor must be ThreadPoolExecutor instance")
+            if sys.version_info >= (3, 11):
+                raise TypeError("executor must be ThreadPoolExecutor instance")
+            # 3.10's asyncio only warns, and takes it.
+            warnings.warn(
+                "Using the default executor that is not an instance of "
+                "ThreadPoolExecutor is deprecated and will be prohibited "
+                "in Python 3.9",
+                DeprecationWarning,
+                2,
+            )
         self._default_executor = executor
 
     if sys.version_info >= (3, 12):
