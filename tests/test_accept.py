@@ -19,6 +19,7 @@ import sys
 import weakref
 
 import pytest
+from conftest import since
 from test_transports import Recorder, close_all, tcp_pair
 
 VAR = contextvars.ContextVar("VAR", default="unset")
@@ -270,5 +271,50 @@ def test_unclosed_accepted_transport_warns_and_closes_fd(loop, run):
         # too); from 3.13 on, an unclosed transport detaches when collected.
         if sys.version_info[:2] != (3, 12):
             await server.wait_closed()
+
+    run(main())
+
+
+def test_server_wait_closed_waits_for_connections(loop, run):
+    # asyncio's Server, on both loops; what wait_closed() waits for is the
+    # running version's: from 3.12.1 the close and every accepted connection
+    # (detached as it closes), before that only the close.
+    async def main():
+        server, sp, tr, cp = await tcp_pair(loop)
+        server.close()
+        waiter = asyncio.ensure_future(server.wait_closed())
+        await asyncio.sleep(0.05)
+        if sys.version_info >= (3, 12, 1):
+            assert not waiter.done()
+            sp.transport.close()
+            await asyncio.wait_for(waiter, 5)
+        else:
+            assert waiter.done()
+            sp.transport.close()
+        await asyncio.wait_for(cp.done, 5)
+        tr.close()
+
+    run(main())
+
+
+@since((3, 13), "Server.close_clients() / abort_clients()")
+@pytest.mark.parametrize("how", ["close_clients", "abort_clients"])
+def test_server_close_and_abort_clients(loop, run, how):
+    async def main():
+        server, sp, tr, cp = await tcp_pair(loop)
+        server2, sp2, tr2, _cp2 = await tcp_pair(loop)  # another server's: untouched
+        sp.transport.write(b"last words")
+        server.close()
+        getattr(server, how)()
+        assert sp.transport.is_closing()
+        await asyncio.wait_for(server.wait_closed(), 5)
+        await asyncio.wait_for(cp.done, 5)
+        if how == "close_clients":
+            # close() flushes what was written, then the client sees EOF.
+            assert bytes(cp.data) == b"last words"
+            assert "eof" in cp.events
+        assert not sp2.transport.is_closing()
+        tr.close()
+        await close_all(server2, sp2.transport, tr2)
 
     run(main())

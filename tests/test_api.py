@@ -84,6 +84,18 @@ def test_isinstance_abstract_event_loop(loop):
     assert isinstance(loop, asyncio.events.AbstractEventLoop)
 
 
+def test_loop_is_hashable(loop, run):
+    # The pure-Python current-task bookkeeping of every version keys a dict
+    # by loop; 3.14's C Task checks the running loop by identity.
+    assert {loop: 1}[loop] == 1
+    assert hash(loop) == hash(loop)
+
+    async def main():
+        return asyncio.current_task(loop) is asyncio.current_task()
+
+    assert run(main())
+
+
 def test_loop_type(loop, loop_name):
     if loop_name == "ferroloop":
         ferroloop = import_ferroloop()
@@ -430,3 +442,39 @@ def test_python_m_ferroloop_exit_code(ferroloop, tmp_path):
     )
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.splitlines()[:2] == ["ferroloop", "True"]
+
+
+PRETEND_PYPY = (
+    "sys.implementation = types.SimpleNamespace(**{**vars(sys.implementation), 'name': 'pypy'})"
+)
+
+
+@pytest.mark.parametrize(
+    "pretend, shown",
+    [
+        ("sys.version_info = (3, 9, 18, 'final', 0)", "cpython"),
+        (PRETEND_PYPY, "pypy"),
+    ],
+    ids=["python-3.9", "pypy"],
+)
+def test_import_refused_on_unsupported_python(ferroloop, pretend, shown):
+    # Before the native module is loaded: a clear ImportError, not a symbol
+    # or ABI error from the extension.
+    code = textwrap.dedent(
+        f"""
+        import sys, types
+        {pretend}
+        try:
+            import ferroloop
+        except ImportError as exc:
+            print("ImportError:", exc)
+        else:
+            print("imported")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("ImportError: ferroloop needs CPython 3.10 or later"), out
+    assert f"this is {shown} " in out
+    assert "_ferroloop" not in out

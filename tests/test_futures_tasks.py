@@ -2,6 +2,7 @@
 
 import asyncio
 import contextvars
+import inspect
 import sys
 import threading
 
@@ -157,6 +158,50 @@ def test_task_factory(loop, run):
 
     loop.set_task_factory(None)
     assert loop.get_task_factory() is None
+
+
+# asyncio's create_task passes unknown keywords on to the task factory or
+# Task from 3.13.3 (and on 3.14, where eager_start is one); before, it
+# refuses them. Detected from the running asyncio, as ferroloop does.
+CREATE_TASK_PASSES_KEYWORDS = any(
+    p.kind is p.VAR_KEYWORD
+    for p in inspect.signature(asyncio.BaseEventLoop.create_task).parameters.values()
+)
+
+
+def test_create_task_extra_keywords(loop, run):
+    seen = []
+
+    def factory(lp, coro, **kwargs):
+        seen.append(dict(kwargs))
+        kwargs.pop("custom", None)
+        return asyncio.Task(coro, loop=lp, **kwargs)
+
+    loop.set_task_factory(factory)
+    if not CREATE_TASK_PASSES_KEYWORDS:
+        coro = _ident(1)
+        try:
+            with pytest.raises(TypeError, match="unexpected keyword argument 'custom'"):
+                loop.create_task(coro, custom=1)
+        finally:
+            coro.close()
+        assert seen == []
+        return
+    task = loop.create_task(_ident(1), custom=1, name="named")
+    assert run(task) == 1
+    assert seen[0]["custom"] == 1
+    assert task.get_name() == "named"
+    # Without a factory they go to Task: eager_start (Task has it from 3.12).
+    loop.set_task_factory(None)
+
+    async def immediate():
+        return 2
+
+    async def main():
+        eager = loop.create_task(immediate(), eager_start=True)
+        return eager.done(), await eager
+
+    assert run(main()) == (True, 2)
 
 
 def test_task_factory_must_be_callable(loop):

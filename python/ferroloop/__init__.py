@@ -9,9 +9,27 @@ Pick it with any of::
 
 from __future__ import annotations
 
-import asyncio as _asyncio
 import sys as _sys
 import warnings as _warnings
+
+# Checked before the native module is loaded, whose own failure on a wrong
+# interpreter would be an obscure symbol or ABI error. Tested on every change:
+# CPython 3.10-3.13; supported by review of its sources: 3.14 (see
+# docs/python-versions.md).
+if _sys.implementation.name != "cpython" or _sys.version_info < (3, 10):
+    raise ImportError(
+        "ferroloop needs CPython 3.10 or later (it runs asyncio's C Task and Future); "
+        f"this is {_sys.implementation.name} {_sys.version.split()[0]}"
+    )
+if _sys.version_info >= (3, 15):
+    _warnings.warn(
+        f"ferroloop has not been tested on Python {_sys.version.split()[0]}: it supports "
+        "CPython 3.10 to 3.14",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+import asyncio as _asyncio
 
 from . import _ferroloop
 from ._loop import Loop

@@ -20,6 +20,7 @@ import weakref
 from asyncio import coroutines, events, format_helpers, futures, tasks
 
 from . import _ferroloop
+from ._compat import iscoroutinefunction
 from ._network import NetworkMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketsMixin
@@ -30,7 +31,6 @@ __all__ = ("Loop",)
 logger = logging.getLogger("asyncio")
 
 _PY312 = sys.version_info >= (3, 12)
-_PY314 = sys.version_info >= (3, 14)
 _DEBUG_STACK_DEPTH = 10
 
 
@@ -120,6 +120,15 @@ class Loop(
         # is logged.
         self.slow_callback_duration = 0.1
         self.set_debug(coroutines._is_debug_mode())
+
+    @property
+    def _task_factory(self):
+        # asyncio's create_task, which _create_task_slow calls, reads it.
+        return self.get_task_factory()
+
+    @_task_factory.setter
+    def _task_factory(self, factory):
+        self.set_task_factory(factory)
 
     def __repr__(self):
         return (
@@ -526,7 +535,7 @@ def _set_result_unless_cancelled(fut, result):
 
 
 def _check_callback(callback, method):
-    if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+    if coroutines.iscoroutine(callback) or iscoroutinefunction(callback):
         raise TypeError(f"coroutines cannot be used with {method}()")
     if not callable(callback):
         raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
@@ -584,38 +593,32 @@ def _trim_source_traceback(task):
         del tb[-1]
 
 
+# The running Python's own BaseEventLoop.create_task: see _create_task_slow.
+_asyncio_create_task = asyncio.BaseEventLoop.create_task
+
+
 def _create_task_slow(loop, coro, name, context, kwargs):
-    """create_task with a task factory or 3.14's extra keyword arguments."""
+    """create_task with a task factory or extra keyword arguments.
+
+    This is asyncio's own create_task of the running Python, called on this
+    loop (it reads only _check_closed and _task_factory), so what a factory
+    is called with, how the name is set afterwards and which extra keywords
+    pass through are exactly that version's: factory(loop, coro) and the
+    name set when given up to 3.12, set_name(name) always on 3.13, extra
+    keywords passed to the factory or Task from 3.13.3, and on 3.14 every
+    keyword (eager_start too) handed to the factory, with no set_name.
+    name and context are passed on only when not None (the fast path in
+    Rust cannot tell an explicit None from an omitted one).
+    """
     kwargs = dict(kwargs or {})
-    if kwargs and not _PY314:
-        raise TypeError(f"create_task() got an unexpected keyword argument {next(iter(kwargs))!r}")
-    factory = loop.get_task_factory()
-    if _PY314:
-        if name is not None:
-            kwargs["name"] = name
-        if context is not None:
-            kwargs["context"] = context
-        if factory is not None:
-            return factory(loop, coro, **kwargs)
-        task = tasks.Task(coro, loop=loop, **kwargs)
-        if loop.get_debug():
-            _trim_source_traceback(task)
-        return task
-    if context is None:
-        # Use the legacy API if context is not needed.
-        task = factory(loop, coro)
-    else:
-        task = factory(loop, coro, context=context)
     if name is not None:
-        try:
-            set_name = task.set_name
-        except AttributeError:
-            warnings.warn(
-                "Task.set_name() was added in Python 3.8, the method support "
-                "will be mandatory for third-party task implementations since 3.13.",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-        else:
-            set_name(name)
+        kwargs["name"] = name
+    if context is not None:
+        kwargs["context"] = context
+    task = _asyncio_create_task(loop, coro, **kwargs)
+    # In debug mode, drop this helper's frame from where the task was made,
+    # as asyncio drops its create_task frame.
+    tb = getattr(task, "_source_traceback", None)
+    if tb:
+        tb[:] = [f for f in tb if not (f.name == "_create_task_slow" and f.filename == __file__)]
     return task

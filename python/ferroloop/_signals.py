@@ -15,6 +15,8 @@ import sys
 import warnings
 from asyncio import coroutines
 
+from ._compat import iscoroutinefunction
+
 logger = logging.getLogger("asyncio")
 
 
@@ -55,7 +57,7 @@ class SignalsMixin:
         Raise ValueError if the signal number is invalid or uncatchable.
         Raise RuntimeError if there is a problem setting up the handler.
         """
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if coroutines.iscoroutine(callback) or iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()
