@@ -9,7 +9,9 @@
 //! initialised mutex per access), so the types get these `tp_alloc` /
 //! `tp_free` slots instead. The lists are only touched with the GIL held
 //! (CPython calls both slots with it), which is what makes the `static`
-//! storage sound; the extension does not declare free-threading support.
+//! storage sound: the module declares that it needs the GIL
+//! (`gil_used = true` in lib.rs), and on a free-threaded build the lists
+//! are not installed at all (CPython's per-thread allocator is used).
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;

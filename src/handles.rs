@@ -21,13 +21,7 @@ pub(crate) struct Callback {
 }
 
 /// A callback scheduled with `call_soon` / `call_soon_threadsafe`.
-#[pyclass(
-    frozen,
-    subclass,
-    weakref,
-    freelist = 4096,
-    module = "ferroloop._ferroloop"
-)]
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
 pub struct Handle {
     callback: Mutex<Option<Callback>>,
     context: Py<PyAny>,

@@ -16,15 +16,23 @@ mod transports;
 
 use pyo3::prelude::*;
 
-#[pymodule]
+// NOTE: `gil_used = true` declares that the module needs the GIL: on a
+// free-threaded interpreter (3.14t) importing it turns the GIL back on.
+// pyo3 0.30's default is the opposite. What must change before this can be
+// lifted is listed in docs/python-versions.md ("Free-threading").
+#[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::EventLoop>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<executor::ThreadPool>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
-    freelist::install::<handles::Handle>(m.py());
-    freelist::install::<handles::TimerHandle>(m.py());
+    // The free lists are guarded by the GIL alone (see freelist.rs).
+    #[cfg(not(Py_GIL_DISABLED))]
+    {
+        freelist::install::<handles::Handle>(m.py());
+        freelist::install::<handles::TimerHandle>(m.py());
+    }
     event_loop::fastcall::install(m)?;
     transports::stream::install(m.py())?;
     m.add_function(wrap_pyfunction!(sock_io::recv_nowait, m)?)?;

@@ -222,3 +222,34 @@ def test_add_signal_handler_from_other_thread(new_loop):
     th.start()
     th.join()
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+
+
+SIGNAL_WHILE_RUNNING_ELSEWHERE = """
+import signal, threading, time
+lp = make_loop()
+got = threading.Event()
+t = threading.Thread(target=lp.run_forever)
+t.start()
+while not lp.is_running():
+    time.sleep(0.001)
+time.sleep(0.1)  # the loop is now idle, blocked in its poll
+# From the main thread, as signal handlers must be: returns at once on
+# asyncio's loop (ferroloop once waited here, holding the GIL, for the
+# poll to end: a hang).
+lp.add_signal_handler(signal.SIGUSR1, got.set)
+os.kill(os.getpid(), signal.SIGUSR1)
+assert got.wait(10), "handler not called"
+assert lp.remove_signal_handler(signal.SIGUSR1)
+lp.call_soon_threadsafe(lp.stop)
+t.join(10)
+assert not t.is_alive()
+lp.close()
+print("ok")
+"""
+
+
+def test_add_signal_handler_while_loop_runs_in_another_thread(run_child):
+    # In a child process: a hang must not take the test session with it.
+    proc = run_child(SIGNAL_WHILE_RUNNING_ELSEWHERE, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

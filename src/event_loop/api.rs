@@ -18,6 +18,7 @@ use super::EventLoop;
 use crate::errors;
 use crate::handles::Handle;
 use crate::io::fd_watchers::Direction;
+use crate::io::poller;
 use crate::py;
 
 #[pymethods]
@@ -50,7 +51,9 @@ impl EventLoop {
     }
 
     fn stop(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
+        // SeqCst: ordered against the loop's `sleeping` handshake, so a stop()
+        // from another thread is either seen by the loop or wakes it.
+        self.stopping.store(true, Ordering::SeqCst);
         // NOTE: stop() from another thread is not thread-safe in asyncio
         // either, but waking costs nothing when the loop is not asleep.
         self.wake();
@@ -154,7 +157,12 @@ impl EventLoop {
     /// it is cancelled, and wake the loop.
     fn _add_callback(&self, handle: Bound<'_, Handle>) -> PyResult<()> {
         if !handle.get().is_cancelled() {
-            self.core.lock().ready.push(Ready::Handle(handle.unbind()));
+            let mut core = self.core.lock();
+            if self.closed_flag() {
+                return Ok(()); // asyncio's closed loop drops it too
+            }
+            core.ready.push(Ready::Handle(handle.unbind()));
+            drop(core);
             self.wake();
         }
         Ok(())
@@ -163,24 +171,25 @@ impl EventLoop {
     /// Watches the read end of the signal wakeup socketpair.
     fn _watch_signal_fd(&self, fd: i32) -> PyResult<()> {
         self.check_usable()?;
-        let mut guard = self.poller.lock();
-        let poller = guard
-            .as_mut()
-            .ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-        let was_watching = poller.unwatch_signal_fd().map_err(errors::os_error)?;
-        poller.watch_signal_fd(fd).map_err(errors::os_error)?;
-        if !was_watching {
+        let mut core = self.core.lock();
+        if self.closed_flag() {
+            return Err(super::closed_error());
+        }
+        poller::watch_signal_fd(self.epoll_fd, core.signal_fd, fd).map_err(errors::os_error)?;
+        if core.signal_fd.replace(fd).is_none() {
             self.io_sources.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
     fn _unwatch_signal_fd(&self) -> PyResult<()> {
-        let mut guard = self.poller.lock();
-        if let Some(poller) = guard.as_mut() {
-            if poller.unwatch_signal_fd().map_err(errors::os_error)? {
-                self.io_sources.fetch_sub(1, Ordering::Relaxed);
-            }
+        let mut core = self.core.lock();
+        if self.closed_flag() {
+            return Ok(());
+        }
+        if let Some(fd) = core.signal_fd.take() {
+            poller::unwatch_signal_fd(self.epoll_fd, fd);
+            self.io_sources.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -11,10 +11,10 @@
 //! parsing here, logic in `ready.rs` and `api.rs`. `install` puts them into
 //! the type dicts at module import, replacing nothing pyo3 defines.
 
-use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -58,21 +58,17 @@ pub(crate) unsafe fn guard(
 /// tuple on every `call_soon`, and Python call sites pass their code
 /// object's constant: recognising it by identity skips decoding the name.
 /// A remembered tuple is kept alive (one reference each), so its address can
-/// never be reused by another tuple. Only touched with the GIL held.
-struct ContextOnly(UnsafeCell<[*mut ffi::PyObject; 4]>);
+/// never be reused by another tuple. The slots are atomics, filled once by
+/// compare-and-swap, so that they stay sound without the GIL too (a slot
+/// read while another thread fills it is either empty or the tuple).
+struct ContextOnly([AtomicPtr<ffi::PyObject>; 4]);
 
-// SAFETY: only accessed with the GIL held (from method bodies), which
-// serialises every access.
-unsafe impl Sync for ContextOnly {}
-
-static CONTEXT_ONLY: ContextOnly = ContextOnly(UnsafeCell::new([ptr::null_mut(); 4]));
+static CONTEXT_ONLY: ContextOnly = ContextOnly([const { AtomicPtr::new(ptr::null_mut()) }; 4]);
 
 impl ContextOnly {
     fn matches(&self, names: &Borrowed<'_, '_, PyTuple>) -> bool {
         let p = names.as_ptr();
-        // SAFETY: the GIL is held (see the type's docs).
-        let slots = unsafe { &mut *self.0.get() };
-        if slots.contains(&p) {
+        if self.0.iter().any(|slot| slot.load(Ordering::Acquire) == p) {
             return true;
         }
         let is_context = names.len() == 1
@@ -81,11 +77,21 @@ impl ContextOnly {
                     .is_ok_and(|k| k == "context")
             });
         if is_context {
-            if let Some(slot) = slots.iter_mut().find(|s| s.is_null()) {
-                // SAFETY: `p` is a live tuple; the reference taken here is
-                // never released, which keeps the address unique.
+            for slot in &self.0 {
+                if !slot.load(Ordering::Acquire).is_null() {
+                    continue;
+                }
+                // SAFETY: `p` is a live tuple (borrowed from the call); the
+                // reference taken here is kept while the slot holds it, i.e.
+                // forever, which keeps the address unique.
                 unsafe { ffi::Py_INCREF(p) };
-                *slot = p;
+                match slot.compare_exchange(ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => break,
+                    // Another thread filled this slot first.
+                    // SAFETY: drops the reference taken just above.
+                    Err(_) => unsafe { ffi::Py_DECREF(p) },
+                }
             }
         }
         is_context

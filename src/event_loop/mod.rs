@@ -68,6 +68,8 @@ pub(crate) struct Core {
     /// fds of native stream transports that are open and not closing (the
     /// selector loop's `_transports` check for add_reader & co.).
     pub transport_fds: FdSet,
+    /// The watched signal wakeup fd (see `io::poller::watch_signal_fd`).
+    pub signal_fd: Option<RawFd>,
 }
 
 #[pyclass(frozen, subclass, dict, weakref, module = "ferroloop._ferroloop")]

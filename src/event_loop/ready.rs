@@ -93,10 +93,15 @@ impl EventLoop {
         }
         let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, context)?)?;
         handles::untrack(handle.as_any());
-        this.core
-            .lock()
-            .ready
-            .push(Ready::Handle(handle.clone().unbind()));
+        {
+            let mut core = this.core.lock();
+            // NOTE: checked again under the lock: a thread that passed
+            // check_usable() may get here after close() drained the queue.
+            if this.closed_flag() {
+                return Err(super::closed_error());
+            }
+            core.ready.push(Ready::Handle(handle.clone().unbind()));
+        }
         if threadsafe {
             this.wake();
         }
@@ -131,7 +136,13 @@ impl EventLoop {
         let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, when_obj));
         let timer = Bound::new(slf.py(), init)?;
         handles::untrack(timer.as_any());
-        this.core.lock().timers.push(when, timer.clone().unbind());
+        {
+            let mut core = this.core.lock();
+            if this.closed_flag() {
+                return Err(super::closed_error());
+            }
+            core.timers.push(when, timer.clone().unbind());
+        }
         // A timer added from another thread must re-arm a sleeping loop.
         if this.sleeping.load(Ordering::Relaxed) {
             this.wake();

@@ -114,7 +114,7 @@ impl EventLoop {
         };
         let must_poll_io = self.io_sources.load(Ordering::Relaxed) > 0;
         let due_now = deadline.is_some_and(|d| d <= clock::monotonic());
-        if has_ready || self.stopping.load(Ordering::Relaxed) || due_now {
+        if has_ready || self.stopping.load(Ordering::SeqCst) || due_now {
             self.sleeping.store(false, Ordering::SeqCst);
             if !must_poll_io {
                 return Ok(PollOutcome::default());

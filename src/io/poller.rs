@@ -20,7 +20,8 @@ use crate::io::fd_watchers;
 
 pub const WAKER_TOKEN: Token = Token(0);
 pub const TIMER_TOKEN: Token = Token(1);
-/// The read end of the signal wakeup socketpair (`signal.set_wakeup_fd`).
+/// The read end of the signal wakeup socketpair (`signal.set_wakeup_fd`),
+/// registered by `watch_signal_fd`.
 pub const SIGNAL_TOKEN: Token = Token(2);
 
 /// The longest a timer is armed ahead (asyncio's MAXIMUM_SELECT_TIMEOUT): a
@@ -34,8 +35,6 @@ pub struct Poller {
     timerfd: OwnedFd,
     /// The deadline currently armed on the timerfd (NaN when disarmed).
     armed: f64,
-    /// The watched signal wakeup fd, if any.
-    signal_fd: Option<i32>,
 }
 
 /// What one poll saw besides user I/O.
@@ -81,7 +80,6 @@ impl Poller {
             waker,
             timerfd,
             armed: f64::NAN,
-            signal_fd: None,
         })
     }
 
@@ -92,28 +90,6 @@ impl Poller {
 
     pub fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
-    }
-
-    /// Watches `fd` (the read end of the signal wakeup socketpair), replacing
-    /// a previously watched one. The caller keeps the fd open while watched.
-    pub fn watch_signal_fd(&mut self, fd: i32) -> io::Result<()> {
-        self.unwatch_signal_fd()?;
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&fd), SIGNAL_TOKEN, Interest::READABLE)?;
-        self.signal_fd = Some(fd);
-        Ok(())
-    }
-
-    /// Stops watching the signal wakeup fd; returns whether one was watched.
-    pub fn unwatch_signal_fd(&mut self) -> io::Result<bool> {
-        match self.signal_fd.take() {
-            Some(fd) => {
-                self.poll.registry().deregister(&mut SourceFd(&fd))?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
     }
 
     /// Arms the timerfd for `when` (absolute, loop clock) unless it already is.
@@ -189,4 +165,38 @@ impl Poller {
         }
         Ok(outcome)
     }
+}
+
+/// Watches `fd`, the read end of the signal wakeup socketpair, on the epoll
+/// instance `epfd` (level-triggered), in place of `old` if one was watched.
+///
+/// NOTE: like `fd_watchers`, this takes only the epoll fd, not the poller's
+/// lock, which the loop holds while blocked in `epoll_wait`: the main thread
+/// adding a signal handler while the loop idles in another thread must not
+/// wait for it (it would wait holding the GIL, which the loop needs to wake
+/// up). The caller serialises with the core lock and checks `closed` there.
+pub fn watch_signal_fd(epfd: RawFd, old: Option<RawFd>, fd: RawFd) -> io::Result<()> {
+    if let Some(old) = old {
+        unwatch_signal_fd(epfd, old);
+    }
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: SIGNAL_TOKEN.0 as u64,
+    };
+    // SAFETY: plain syscall on the loop's live epoll fd (the caller checked
+    // the loop is not closed under the core lock) and an fd the caller keeps
+    // open while watched; `ev` is valid for the duration of the call.
+    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Stops watching the signal wakeup fd `fd`. An fd already closed (which
+/// removed it from the epoll set) is not an error.
+pub fn unwatch_signal_fd(epfd: RawFd, fd: RawFd) {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: plain syscall on the loop's live epoll fd; a stale `fd` only
+    // makes it fail with EBADF/ENOENT, which is what "not watched" means.
+    unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, &mut ev) };
 }
