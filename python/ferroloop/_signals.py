@@ -25,8 +25,9 @@ def _sighandler_noop(signum, frame):
 
 
 class SignalsMixin:
+    # Both set in Loop.__init__ (they are slots of Loop).
     _signal_handlers: dict
-    _signal_socks: tuple | None = None
+    _signal_socks: tuple | None
 
     def _check_signal(self, sig):
         if not isinstance(sig, int):

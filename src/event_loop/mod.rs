@@ -72,7 +72,7 @@ pub(crate) struct Core {
     pub signal_fd: Option<RawFd>,
 }
 
-#[pyclass(frozen, subclass, dict, weakref, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
 pub struct EventLoop {
     pub(crate) core: Mutex<Core>,
     /// `None` once the loop is closed.

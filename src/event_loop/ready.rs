@@ -3,9 +3,11 @@
 //!
 //! NOTE: handles from other threads go into the same queue as `call_soon`'s,
 //! under the same lock, so `call_soon_threadsafe` keeps FIFO order with
-//! `call_soon` exactly as asyncio's single deque does. The lock is never
-//! contended in practice: the other thread needs the GIL to call us, and the
-//! loop thread only releases the GIL while blocked in poll, not holding it.
+//! `call_soon` exactly as asyncio's single deque does. With the GIL the lock
+//! is almost never contended: the other thread needs the GIL to call us, and
+//! the loop thread only releases the GIL while blocked in poll, not holding
+//! it. Without the GIL it is, and stays sound: nothing under it calls Python
+//! or allocates or frees a Python object (docs/python-versions.md).
 
 use std::sync::atomic::Ordering;
 
