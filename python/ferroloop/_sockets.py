@@ -254,6 +254,11 @@ class SocketsMixin:
             fut.set_exception(exc)
         else:
             fut.set_result(None)
+        finally:
+            # The exception's traceback holds this frame: without this, the
+            # frame -> future -> exception cycle keeps the future alive (as
+            # asyncio 3.13.x's _sock_connect_cb breaks it).
+            fut = None
 
     async def sock_accept(self, sock):
         """Accept a connection: ``(conn, address)``, *conn* non-blocking."""
