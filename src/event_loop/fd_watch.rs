@@ -105,7 +105,7 @@ impl EventLoop {
         let this = slf.get();
         let added = {
             let mut core = this.core.lock();
-            if this.closed_flag() {
+            let added = if this.closed_flag() {
                 Err(super::closed_error())
             } else if dir == Direction::Read && watcher.wants_one_wake_up() {
                 core.watchers
@@ -115,14 +115,16 @@ impl EventLoop {
                 core.watchers
                     .add(this.epoll_fd, fd, dir, watcher)
                     .map_err(errors::os_error)
+            };
+            // Counted under the lock, with the registration it counts.
+            if let Ok((_, true)) = &added {
+                this.io_sources.fetch_add(1, Ordering::Relaxed);
             }
+            added
         };
         // NOTE: on error the watcher was dropped under the lock; that is safe
         // because the caller still holds its own reference.
-        let (old, newly) = added?;
-        if newly {
-            this.io_sources.fetch_add(1, Ordering::Relaxed);
-        }
+        let (old, _) = added?;
         if let Some(old) = old {
             let cancelled = old.cancel(py);
             old.release(py);
@@ -136,18 +138,20 @@ impl EventLoop {
     pub(crate) fn remove_watch(slf: &Bound<'_, Self>, fd: RawFd, dir: Direction) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
-        let (old, gone) = {
+        let old = {
             let mut core = this.core.lock();
             if this.closed_flag() {
                 return Ok(false);
             }
-            core.watchers
+            let (old, gone) = core
+                .watchers
                 .remove(this.epoll_fd, fd, dir)
-                .map_err(errors::os_error)?
+                .map_err(errors::os_error)?;
+            if gone {
+                this.io_sources.fetch_sub(1, Ordering::Relaxed);
+            }
+            old
         };
-        if gone {
-            this.io_sources.fetch_sub(1, Ordering::Relaxed);
-        }
         match old {
             Some(old) => {
                 let cancelled = old.cancel(py);
@@ -186,7 +190,7 @@ impl EventLoop {
     /// (`(fd, read, write)` in selectors' terms).
     pub(crate) fn process_io_events(&self, py: Python<'_>, events: &[(RawFd, bool, bool)]) {
         let mut dropped = Vec::new();
-        let unregistered = {
+        {
             let mut core = self.core.lock();
             let super::Core {
                 ready, watchers, ..
@@ -201,10 +205,9 @@ impl EventLoop {
                     &mut dropped,
                 );
             }
-            n
-        };
-        if unregistered > 0 {
-            self.io_sources.fetch_sub(unregistered, Ordering::Relaxed);
+            if n > 0 {
+                self.io_sources.fetch_sub(n, Ordering::Relaxed);
+            }
         }
         // Released after the lock: freeing a handle may run Python code.
         for w in dropped {
