@@ -27,9 +27,8 @@ def report(request):
     pytest.importorskip("test.test_asyncio", reason="CPython's test suite is not installed")
     # A real import, as in tests/conftest.py: a broken or missing build fails the gate.
     importlib.import_module(LOOP)
-    results = run.run_all(
-        [BASELINE, LOOP], run.available_modules()
-    )  # the baseline is computed here
+    # The baseline is computed here, in this session.
+    results = run.run_all([BASELINE, LOOP], run.available_modules())
     exclusions = run.load_exclusions(LOOP)
     report = run.retry_regressions(results, run.compare, LOOP, BASELINE, exclusions)
     run.write_results(results, report, "pytest tests/conformance", directory=run.OUT_DIR)
