@@ -40,6 +40,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sockaddr::register(m)?;
     m.add_class::<transports::accept::Acceptor>()?;
     m.add_function(wrap_pyfunction!(transports::face::install_face, m)?)?;
+    m.add_function(wrap_pyfunction!(transports::tls::install_tls, m)?)?;
+    m.add_class::<transports::tls::TlsCore>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

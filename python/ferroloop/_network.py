@@ -20,9 +20,11 @@ import errno
 import os
 import stat
 import sys
+import types
 from asyncio import base_events, constants, selector_events, sslproto, trsock, unix_events
 
-from . import _ferroloop
+from . import _ferroloop, _tls
+from ._tls import SSLProtocol
 from ._transports import DatagramTransport, SocketTransport, _is_tcp
 
 _BaseLoop = base_events.BaseEventLoop
@@ -30,6 +32,24 @@ _SelectorLoop = selector_events.BaseSelectorEventLoop
 _UnixLoop = unix_events._UnixSelectorEventLoop
 
 _PY311 = sys.version_info >= (3, 11)
+
+
+def _with_ferroloop_tls(func):
+    """asyncio's *func* (its code, defaults and module globals) with
+    ``sslproto.SSLProtocol`` meaning ferroloop's subclass: for start_tls,
+    which makes its SSLProtocol itself instead of through a loop hook."""
+    shim = types.SimpleNamespace(**vars(sslproto))
+    shim.SSLProtocol = _tls.SSLProtocol
+    globs = dict(func.__globals__, sslproto=shim)
+    new = types.FunctionType(
+        func.__code__, globs, func.__name__, func.__defaults__, func.__closure__
+    )
+    new.__kwdefaults__ = func.__kwdefaults__
+    new.__qualname__ = func.__qualname__
+    new.__doc__ = func.__doc__
+    return new
+
+
 _PY313 = sys.version_info >= (3, 13)
 # NOTE: 3.11 added ssl_shutdown_timeout (constants.SSL_SHUTDOWN_TIMEOUT, a
 # parameter of _start_serving, _accept_connection and SSLProtocol); on 3.10
@@ -53,7 +73,7 @@ class NetworkMixin:
     _ensure_resolved = _BaseLoop._ensure_resolved
     sendfile = _BaseLoop.sendfile
     _sendfile_fallback = _BaseLoop._sendfile_fallback
-    start_tls = _BaseLoop.start_tls
+    start_tls = _with_ferroloop_tls(_BaseLoop.start_tls)
     _accept_connection = _SelectorLoop._accept_connection
     _accept_connection2 = _SelectorLoop._accept_connection2
 
@@ -155,7 +175,7 @@ class NetworkMixin:
         # asyncio's TLS: an SSLProtocol between the socket transport and the
         # application protocol (kwargs: keywords of later Python versions,
         # passed through as asyncio's selector loop would).
-        ssl_protocol = sslproto.SSLProtocol(
+        ssl_protocol = SSLProtocol(
             self,
             protocol,
             sslcontext,

@@ -2,3 +2,4 @@
 pub mod accept;
 pub mod face;
 pub mod stream;
+pub mod tls;

@@ -36,6 +36,7 @@ use crate::sockaddr::SockAddr;
 
 mod pipe;
 mod write_buffer;
+use super::tls::{self, TlsCore};
 use pipe::PipeGrowth;
 use write_buffer::WriteBuffer;
 
@@ -61,6 +62,14 @@ impl Kind {
     }
 }
 
+/// What one read for a TLS protocol did (`StreamTransport::read_tls`).
+enum TlsRead {
+    Nothing,
+    Eof,
+    Fed(PyResult<()>),
+    Failed(std::io::Error),
+}
+
 /// asyncio's `max_size`: the most one read takes from the socket.
 const MAX_READ: usize = 256 * 1024;
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
@@ -70,6 +79,8 @@ struct State {
     protocol: Option<Py<PyAny>>,
     /// The protocol is a `BufferedProtocol` (get_buffer / buffer_updated).
     buffered: bool,
+    /// The protocol is ferroloop's TLS protocol: reads feed it natively.
+    tls: Option<Py<TlsCore>>,
     buffer: WriteBuffer,
     /// close() was called (or the transport is being torn down).
     closing: bool,
@@ -122,6 +133,7 @@ impl State {
         Self {
             protocol,
             buffered,
+            tls: None,
             buffer: WriteBuffer::default(),
             closing: false,
             eof: false,
@@ -500,6 +512,45 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// A read for ferroloop's TLS protocol: from the socket into its
+    /// incoming BIO, then the protocol's processing (asyncio's
+    /// `buffer_updated`), without Python's get_buffer / buffer_updated.
+    fn read_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, TlsCore>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
+        };
+        // The scratch buffer is let go before any Python code runs.
+        let got = sock_io::with_scratch(MAX_READ, |buf| match recv(this.fd, buf) {
+            IoResult::Done(0) => TlsRead::Eof,
+            IoResult::Done(n) => TlsRead::Fed(tls.get().fill(py, &buf[..n])),
+            IoResult::WouldBlock => TlsRead::Nothing,
+            IoResult::Failed(e) => TlsRead::Failed(e),
+        });
+        let result = match got {
+            TlsRead::Nothing => return Ok(()),
+            TlsRead::Eof => return Self::on_eof(slf),
+            TlsRead::Failed(e) => {
+                return Self::fatal_error(
+                    slf,
+                    errors::os_error(e),
+                    "Fatal read error on socket transport",
+                )
+            }
+            TlsRead::Fed(filled) => filled.and_then(|()| TlsCore::process(tls, &protocol)),
+        };
+        match result {
+            Err(e) if errors::is_exit(py, &e) => Err(e),
+            Err(e) => Self::fatal_error(
+                slf,
+                e,
+                "Fatal error: protocol.buffer_updated() call failed.",
+            ),
+            Ok(()) => Ok(()),
+        }
+    }
+
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         if let Some(shell) = slf.get().shell(py) {
@@ -768,10 +819,15 @@ impl StreamTransport {
     fn set_protocol(&self, protocol: Bound<'_, PyAny>) -> PyResult<()> {
         // NOTE: asyncio's pipe transports call data_received on any protocol.
         let buffered = self.kind == Kind::Socket && is_buffered_protocol(&protocol)?;
+        let tls = match self.kind {
+            Kind::Socket => tls::core_of(&protocol)?,
+            _ => None,
+        };
         let old = {
             let mut st = self.state.lock();
             st.buffered = buffered;
-            st.protocol.replace(protocol.unbind())
+            let old_tls = std::mem::replace(&mut st.tls, tls);
+            (st.protocol.replace(protocol.unbind()), old_tls)
         };
         drop(old);
         Ok(())
@@ -900,6 +956,7 @@ impl StreamTransport {
             visit.call(&st.sock)?;
             visit.call(&st.context)?;
             visit.call(&st.trsock)?;
+            visit.call(&st.tls)?;
         }
         visit.call(&self.event_loop)?;
         Ok(())
@@ -915,6 +972,7 @@ impl StreamTransport {
                 st.server.take(),
                 st.context.take(),
                 st.trsock.take(),
+                st.tls.take(),
             )
         };
         drop((shell, taken));
@@ -995,9 +1053,13 @@ impl StreamTransport {
     /// The reader callback: one read, handed to the protocol.
     pub(crate) fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let kind = slf.get().kind;
-        let (lost, buffered) = {
+        let (lost, buffered, tls) = {
             let st = slf.get().state.lock();
-            (st.lost(kind), st.buffered)
+            (
+                st.lost(kind),
+                st.buffered,
+                st.tls.as_ref().map(|t| t.clone_ref(slf.py())),
+            )
         };
         if lost {
             return Ok(());
@@ -1005,7 +1067,9 @@ impl StreamTransport {
         if kind == Kind::WritePipe {
             return Self::pipe_peer_closed(slf);
         }
-        if buffered {
+        if let Some(tls) = tls {
+            Self::read_tls(slf, tls.bind(slf.py()))
+        } else if buffered {
             Self::read_into_buffer(slf)
         } else {
             Self::read_data(slf)
@@ -1221,6 +1285,11 @@ impl StreamTransport {
     ) -> PyResult<Self> {
         let socket = kind == Kind::Socket;
         let buffered = socket && is_buffered_protocol(&protocol)?;
+        let tls = if socket {
+            tls::core_of(&protocol)?
+        } else {
+            None
+        };
         // NOTE: asyncio's pipe transports do not claim their fd (add_reader
         // on it is allowed), its socket transports do.
         if socket {
@@ -1237,13 +1306,16 @@ impl StreamTransport {
                 None
             },
             peer,
-            state: Mutex::new(State::new(
-                Some(protocol.unbind()),
-                buffered,
-                Some(context.unbind()),
-                server.map(Bound::unbind),
-                sock.map(Bound::unbind),
-            )),
+            state: Mutex::new(State {
+                tls,
+                ..State::new(
+                    Some(protocol.unbind()),
+                    buffered,
+                    Some(context.unbind()),
+                    server.map(Bound::unbind),
+                    sock.map(Bound::unbind),
+                )
+            }),
         })
     }
 

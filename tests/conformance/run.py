@@ -55,6 +55,8 @@ MODULES = [
     "test_server",
     "test_buffered_proto",
     "test_unix_events",
+    "test_ssl",
+    "test_sslproto",
 ]
 # Modules of later versions, run where the interpreter's test_asyncio has
 # them (test_eager_task_factory: 3.12+, test_staggered: 3.13+).

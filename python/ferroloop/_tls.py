@@ -1,0 +1,55 @@
+"""TLS: asyncio's ``sslproto.SSLProtocol`` with a native data path.
+
+NOTE: the protocol between a TLS connection's socket transport and the
+application is the running Python's own ``SSLProtocol`` (3.11+): its state
+machine, handshake, shutdown, timeouts, error handling, the application
+transport and every ``get_extra_info`` key are asyncio's code. The subclass
+below only moves the per-record work of the WRAPPED state to the native core
+(``src/transports/tls.rs``): a native transport feeds what it reads straight
+into the incoming BIO and decrypts there, and ``_write_appdata`` encrypts
+and sends natively. Anything the native path does not cover calls back into
+asyncio's methods (``_ferroloop_fed``, ``_ferroloop_write_appdata``).
+
+On 3.10, whose ``sslproto`` is the older design, TLS is asyncio's protocol
+unchanged.
+"""
+
+import sys
+from asyncio import sslproto
+
+from . import _ferroloop
+
+if sys.version_info >= (3, 11):
+    _State = sslproto.SSLProtocolState
+    _Base = sslproto.SSLProtocol
+
+    class SSLProtocol(_Base):
+        """asyncio's SSLProtocol; the WRAPPED state's data path is native."""
+
+        # The native state (TlsCore): a slot, read by the native methods at
+        # its offset.
+        __slots__ = ("_tls",)
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._tls = _ferroloop.TlsCore(self._incoming, self._outgoing)
+
+        # _write_appdata is native (install_tls below).
+        _ferroloop_write_appdata = _Base._write_appdata
+
+        def _ferroloop_fed(self):
+            """asyncio's buffer_updated after the BIO write, for every state
+            but WRAPPED (which the native core handles)."""
+            state = self._state
+            if state == _State.DO_HANDSHAKE:
+                self._do_handshake()
+            elif state == _State.WRAPPED:
+                self._do_read()
+            elif state == _State.FLUSHING:
+                self._do_flush()
+            elif state == _State.SHUTDOWN:
+                self._do_shutdown()
+
+    _ferroloop.install_tls(SSLProtocol, _State.WRAPPED, sslproto.SSLAgainErrors)
+else:
+    SSLProtocol = sslproto.SSLProtocol

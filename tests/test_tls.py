@@ -1,0 +1,574 @@
+"""TLS (``ssl=`` / ``start_tls``) on both loops, with certificates made at
+test time (trustme: a CA, server and client certificates, an expired one).
+
+ferroloop runs asyncio's SSLProtocol with its WRAPPED-state data path in the
+native core (``src/transports/tls.rs``); these tests hold that path to
+asyncio's behaviour: every byte delivered in order (Protocol and
+BufferedProtocol, large transfers, bursts of records), flow control, close
+flushing before close_notify, what the user's SSLContext holds (ALPN, client
+certificates, verification, session reuse), TLS over TLS, many connections.
+"""
+
+import asyncio
+import datetime
+import hashlib
+import os
+import ssl
+import sys
+
+import pytest
+from conftest import since
+
+trustme = pytest.importorskip("trustme", reason="tests/requirements.txt installs trustme")
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def pki():
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    client = ca.issue_cert("client@example.test")
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    expired = ca.issue_cert(
+        "localhost", not_before=past, not_after=past + datetime.timedelta(days=1)
+    )
+    return ca, server, client, expired
+
+
+def server_context(pki, cert=None, client_auth=False):
+    ca, server, _, _ = pki
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    (cert or server).configure_cert(ctx)
+    if client_auth:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ca.configure_trust(ctx)
+    return ctx
+
+
+def client_context(pki, cert=False):
+    ca, _, client, _ = pki
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(ctx)
+    if cert:
+        client.configure_cert(ctx)
+    return ctx
+
+
+def pattern(n, seed=0):
+    """n bytes that are not periodic over short spans (a lost or repeated
+    record changes the digest)."""
+    out = bytearray()
+    block = hashlib.sha256(seed.to_bytes(8, "little")).digest()
+    while len(out) < n:
+        block = hashlib.sha256(block).digest()
+        out += block * 64
+    return bytes(out[:n])
+
+
+class Sink(asyncio.Protocol):
+    """Hashes everything received; `done` resolves at connection_lost."""
+
+    def __init__(self, loop):
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.calls = 0
+        self.eof = False
+        self.done = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.hash.update(data)
+        self.size += len(data)
+        self.calls += 1
+
+    def eof_received(self):
+        self.eof = True
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(exc)
+
+
+class BufferedSink(asyncio.BufferedProtocol):
+    def __init__(self, loop, size=64 * 1024):
+        self.hash = hashlib.sha256()
+        self.size = 0
+        # NOTE: a memoryview, not the bytearray: asyncio's SSLProtocol
+        # reads the rest of a burst into buf[offset:], which for a
+        # bytearray is a copy (the bytes would be lost on both loops).
+        self.buf = memoryview(bytearray(size))
+        self.done = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.hash.update(self.buf[:nbytes])
+        self.size += nbytes
+
+    def eof_received(self):
+        pass
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(exc)
+
+
+class Sender(asyncio.Protocol):
+    """Writes `payload` in `chunk`-sized writes honouring pause_writing,
+    then closes."""
+
+    def __init__(self, loop, payload, chunk=256 * 1024):
+        self.payload = payload
+        self.chunk = chunk
+        self.offset = 0
+        self.paused = 0
+        self.max_buffer = 0
+        self.loop = loop
+        self.done = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.loop.call_soon(self.send)
+
+    def send(self):
+        t = self.transport
+        while self.offset < len(self.payload) and not t.is_closing():
+            t.write(self.payload[self.offset : self.offset + self.chunk])
+            self.offset += self.chunk
+            self.max_buffer = max(self.max_buffer, t.get_write_buffer_size())
+            if self.resume is not None:
+                return
+        if self.offset >= len(self.payload):
+            t.close()
+
+    resume = None
+
+    def pause_writing(self):
+        self.paused += 1
+        self.resume = True
+
+    def resume_writing(self):
+        self.resume = None
+        self.loop.call_soon(self.send)
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(exc)
+
+
+async def serve(loop, factory, ctx, **kwargs):
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=ctx, **kwargs)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("receiver", ["protocol", "buffered"])
+def test_large_transfer_byte_for_byte(loop, run, pki, receiver):
+    """100 MiB server -> client, in 256 KiB writes with flow control: the
+    client's digest matches, the server's buffer stayed bounded."""
+    payload = pattern(100 * MIB)
+    expected = hashlib.sha256(payload).hexdigest()
+
+    async def main():
+        senders = []
+
+        def make_sender():
+            senders.append(Sender(loop, payload))
+            return senders[-1]
+
+        server, port = await serve(loop, make_sender, server_context(pki))
+        sink = Sink(loop) if receiver == "protocol" else BufferedSink(loop)
+        await loop.create_connection(
+            lambda: sink, "127.0.0.1", port, ssl=client_context(pki), server_hostname="localhost"
+        )
+        assert await asyncio.wait_for(sink.done, 60) is None
+        assert sink.size == len(payload)
+        assert sink.hash.hexdigest() == expected
+        (sender,) = senders
+        assert await sender.done is None
+        assert sender.paused > 0
+        # Flow control kept the pending output near the high-water mark.
+        assert sender.max_buffer < 4 * MIB
+        server.close()
+        await server.wait_closed()
+
+    run(main(), timeout=90)
+
+
+def test_bursts_of_small_records_in_order(loop, run, pki):
+    """Many small writes in one tick travel as many records in one read:
+    every byte arrives, in order, in fewer data_received calls than writes."""
+    pieces = [pattern(n, seed=n) for n in range(1, 2000)]
+    blob = b"".join(pieces)
+
+    async def main():
+        async def handle(reader, writer):
+            for p in pieces:
+                writer.write(p)
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context(pki))
+        port = server.sockets[0].getsockname()[1]
+        sink = Sink(loop)
+        await loop.create_connection(
+            lambda: sink, "127.0.0.1", port, ssl=client_context(pki), server_hostname="localhost"
+        )
+        assert await asyncio.wait_for(sink.done, 30) is None
+        assert sink.hash.hexdigest() == hashlib.sha256(blob).hexdigest()
+        assert sink.eof
+        assert sink.calls < len(pieces)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_close_flushes_before_close_notify(loop, run, pki):
+    """write() then close() at once: the peer gets every byte, then EOF."""
+    payload = pattern(3 * MIB, seed=3)
+
+    async def main():
+        got = loop.create_future()
+
+        async def handle(reader, writer):
+            data = await reader.read()  # until EOF (close_notify)
+            got.set_result(data)
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context(pki))
+        port = server.sockets[0].getsockname()[1]
+        _, w = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context(pki), server_hostname="localhost"
+        )
+        w.write(payload)
+        w.close()
+        await w.wait_closed()
+        assert await asyncio.wait_for(got, 30) == payload
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_peer_that_never_reads_pauses_the_writer(loop, run, pki):
+    """A client that stops reading: the server application is paused and
+    its TLS buffer stays bounded; resuming the reader lets it all through."""
+
+    async def main():
+        state = {}
+        flowing = loop.create_future()
+
+        class Writer(asyncio.Protocol):
+            def connection_made(self, transport):
+                state["t"] = transport
+                self.loop_write()
+
+            def loop_write(self):
+                t = state["t"]
+                while not state.get("paused"):
+                    t.write(b"z" * 65536)
+                    state["written"] = state.get("written", 0) + 65536
+                    state["max"] = max(state.get("max", 0), t.get_write_buffer_size())
+
+            def pause_writing(self):
+                state["paused"] = True
+                if not flowing.done():
+                    flowing.set_result(None)
+
+            def resume_writing(self):
+                state["resumed"] = True
+
+        server, port = await serve(loop, Writer, server_context(pki))
+        sink = Sink(loop)
+        transport, _ = await loop.create_connection(
+            lambda: sink, "127.0.0.1", port, ssl=client_context(pki), server_hostname="localhost"
+        )
+        transport.pause_reading()
+        await asyncio.wait_for(flowing, 10)
+        await asyncio.sleep(0.2)
+        # The writer was stopped near the high-water mark, not after
+        # queueing without bound.
+        assert state["max"] < 2 * MIB
+        transport.resume_reading()
+        while sink.size < state["written"]:
+            await asyncio.sleep(0.01)
+        assert state.get("resumed")
+        transport.close()
+        state["t"].close()
+        await sink.done
+        server.close()
+        await server.wait_closed()
+
+    run(main(), timeout=20)
+
+
+def test_alpn_client_certificate_and_extra_info(loop, loop_name, run, pki):
+    async def main():
+        sctx = server_context(pki, client_auth=True)
+        sctx.set_alpn_protocols(["h2", "http/1.1"])
+        seen = {}
+
+        async def handle(reader, writer):
+            seen["peercert"] = writer.get_extra_info("peercert")
+            seen["alpn"] = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+            writer.write(await reader.readline())
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=sctx)
+        port = server.sockets[0].getsockname()[1]
+        cctx = client_context(pki, cert=True)
+        cctx.set_alpn_protocols(["h2"])
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=cctx, server_hostname="localhost"
+        )
+        sslobj = w.get_extra_info("ssl_object")
+        assert isinstance(sslobj, ssl.SSLObject)
+        if loop_name == "ferroloop" and sys.version_info >= (3, 11):
+            # The native data path is the one under test.
+            assert type(w.transport._ssl_protocol).__module__ == "ferroloop._tls"
+        assert sslobj.selected_alpn_protocol() == "h2"
+        assert w.get_extra_info("sslcontext") is cctx
+        assert w.get_extra_info("cipher")[1].startswith("TLSv1.")
+        assert w.get_extra_info("peercert")["subjectAltName"]
+        assert w.get_extra_info("peername")[1] == port
+        assert w.get_extra_info("sockname")[0] == "127.0.0.1"
+        assert w.get_extra_info("socket") is not None
+        w.write(b"ping\n")
+        assert await r.readline() == b"ping\n"
+        w.close()
+        await w.wait_closed()
+        assert seen["alpn"] == "h2"
+        assert seen["peercert"]["subjectAltName"] == (("email", "client@example.test"),)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_client_without_required_certificate_is_refused(loop, run, pki, exc_handler):
+    async def main():
+        server = await loop.create_server(
+            asyncio.Protocol, "127.0.0.1", 0, ssl=server_context(pki, client_auth=True)
+        )
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context(pki), server_hostname="localhost"
+        )
+        # TLS 1.3: the client learns of the refusal after its handshake,
+        # from the server's alert: the connection ends without data.
+        w.write(b"x")
+        try:
+            data = await asyncio.wait_for(r.read(), 10)
+        except (ssl.SSLError, ConnectionError):
+            data = b""
+        assert data == b""
+        w.close()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+
+    run(main())
+    # The server side logs the failed handshake (both loops alike).
+    for ctx in exc_handler.take():
+        assert isinstance(ctx.get("exception"), (ssl.SSLError, ConnectionError)), ctx
+
+
+@pytest.mark.parametrize("case", ["expired", "wrong_hostname", "untrusted"])
+def test_verification_failures(loop, run, pki, exc_handler, case):
+    expired = pki[3]
+
+    async def main():
+        sctx = server_context(pki, cert=expired if case == "expired" else None)
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=sctx)
+        port = server.sockets[0].getsockname()[1]
+        cctx = ssl.create_default_context() if case == "untrusted" else client_context(pki)
+        name = "wrong.example" if case == "wrong_hostname" else "localhost"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", port, ssl=cctx, server_hostname=name
+            )
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+
+    run(main())
+    exc_handler.take()  # the server's failed handshake may be reported
+
+
+def test_tls12_session_from_ssl_object(loop, run, pki):
+    """TLS 1.2: each connection's session (what a client would pass on to
+    resume) is there through get_extra_info('ssl_object'), with an id."""
+
+    async def main():
+        sctx = server_context(pki)
+        sctx.maximum_version = ssl.TLSVersion.TLSv1_2
+
+        async def handle(reader, writer):
+            writer.write(await reader.readline())
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=sctx)
+        port = server.sockets[0].getsockname()[1]
+        cctx = client_context(pki)
+        sessions = []
+        for _ in range(2):
+            r, w = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=cctx, server_hostname="localhost"
+            )
+            w.write(b"hi\n")
+            assert await r.readline() == b"hi\n"
+            sslobj = w.get_extra_info("ssl_object")
+            sessions.append((sslobj.session, sslobj.session_reused))
+            w.close()
+            await w.wait_closed()
+        for session, reused in sessions:
+            assert isinstance(session, ssl.SSLSession)
+            assert session.id
+            assert reused is False  # asyncio passes no session to resume
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+@since((3, 11), "StreamWriter.start_tls()")
+def test_tls_over_tls(loop, run, pki):
+    """start_tls over a TLS transport: the inner session rides the outer."""
+
+    async def main():
+        sctx = server_context(pki)
+        cctx = client_context(pki)
+
+        async def handle(reader, writer):
+            assert await reader.readline() == b"UPGRADE\n"
+            writer.write(b"OK\n")
+            await writer.drain()
+            await writer.start_tls(sctx)
+            while line := await reader.readline():
+                writer.write(line.upper())
+                await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=sctx)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=cctx, server_hostname="localhost"
+        )
+        w.write(b"UPGRADE\n")
+        assert await r.readline() == b"OK\n"
+        await w.start_tls(cctx, server_hostname="localhost")
+        # 300 KB in lines under the StreamReader's 64 KiB limit.
+        lines = [pattern(25_000, seed=i).hex().encode() + b"\n" for i in range(6)]
+        w.write(b"inner\n" + b"".join(lines))
+        assert await r.readline() == b"INNER\n"
+        for line in lines:
+            assert await r.readline() == line.upper()
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(main(), timeout=20)
+
+
+def test_start_tls_with_data_buffered_in_the_reader(loop, run, pki):
+    """Data the client sends right after its ClientHello's answer arrives
+    with the last handshake records; it reaches the upgraded protocol."""
+
+    async def main():
+        sctx = server_context(pki)
+        cctx = client_context(pki)
+        result = loop.create_future()
+
+        class Upgrader(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                assert data == b"STARTTLS\n"
+                self.transport.write(b"GO\n")
+                task = loop.create_task(self.upgrade())
+                task.add_done_callback(lambda t: t.exception())
+
+            async def upgrade(self):
+                inner = Sink(loop)
+                tls = await loop.start_tls(self.transport, inner, sctx, server_side=True)
+                inner.connection_made(tls)
+                await inner.done
+                result.set_result(inner)
+
+        server = await loop.create_server(Upgrader, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"STARTTLS\n")
+        assert await r.readline() == b"GO\n"
+        tr = w.transport
+        proto = tr.get_protocol()
+        tls = await loop.start_tls(tr, proto, cctx, server_hostname="localhost")
+        payload = pattern(200_000, seed=9)
+        tls.write(payload)
+        tls.close()
+        inner = await asyncio.wait_for(result, 10)
+        assert inner.hash.hexdigest() == hashlib.sha256(payload).hexdigest()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_many_concurrent_connections(loop, run, pki):
+    """1,000 TLS connections open at once, each echoing once; none left."""
+    n = 1000
+
+    async def main():
+        async def handle(reader, writer):
+            writer.write(await reader.readexactly(32))
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(
+            handle, "127.0.0.1", 0, ssl=server_context(pki), backlog=n
+        )
+        port = server.sockets[0].getsockname()[1]
+        cctx = client_context(pki)
+        opened = []
+
+        async def one(i):
+            r, w = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=cctx, server_hostname="localhost"
+            )
+            opened.append(w)
+            msg = i.to_bytes(32, "little")
+            w.write(msg)
+            assert await r.readexactly(32) == msg
+            w.close()
+            await w.wait_closed()
+
+        sem = asyncio.Semaphore(250)
+
+        async def limited(i):
+            async with sem:
+                await one(i)
+
+        await asyncio.gather(*(limited(i) for i in range(n)))
+        assert len(opened) == n
+        server.close()
+        await server.wait_closed()
+
+    fds = len(os.listdir("/proc/self/fd"))
+    run(main(), timeout=60)
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2
