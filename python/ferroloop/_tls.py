@@ -23,6 +23,9 @@ if sys.version_info >= (3, 11):
     _State = sslproto.SSLProtocolState
     _Base = sslproto.SSLProtocol
 
+    class _SSLProtocolTransport(sslproto._SSLProtocolTransport):
+        """asyncio's application transport (same name: code checks it); ``write`` is native."""
+
     class SSLProtocol(_Base):
         """asyncio's SSLProtocol; the WRAPPED state's data path is native."""
 
@@ -37,6 +40,12 @@ if sys.version_info >= (3, 11):
         # _write_appdata is native (install_tls below).
         _ferroloop_write_appdata = _Base._write_appdata
 
+        def _get_app_transport(self):
+            if self._app_transport is None and not self._app_transport_created:
+                self._app_transport = _SSLProtocolTransport(self._loop, self)
+                self._app_transport_created = True
+            return super()._get_app_transport()
+
         def _ferroloop_fed(self):
             """asyncio's buffer_updated after the BIO write, for every state
             but WRAPPED (which the native core handles)."""
@@ -50,6 +59,8 @@ if sys.version_info >= (3, 11):
             elif state == _State.SHUTDOWN:
                 self._do_shutdown()
 
-    _ferroloop.install_tls(SSLProtocol, _State.WRAPPED, sslproto.SSLAgainErrors)
+    _ferroloop.install_tls(
+        SSLProtocol, _SSLProtocolTransport, _State.WRAPPED, sslproto.SSLAgainErrors
+    )
 else:
     SSLProtocol = sslproto.SSLProtocol

@@ -469,54 +469,89 @@ impl TlsCore {
         list_of_data: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = slf.py();
-        let c = consts(py)?;
         let dict = instance_dict(protocol)?;
-        if !item(&dict, intern!(py, "_state"))?.is(&c.wrapped)
-            || item(&dict, intern!(py, "_write_backlog"))?.is_truthy()?
-        {
+        if !Self::can_write_now(&dict)? {
             protocol.call_method1(intern!(py, "_ferroloop_write_appdata"), (list_of_data,))?;
             return Ok(());
         }
-        let result = (|| {
-            let sslobj = slf.get().sslobj(&dict)?;
-            let mut items = list_of_data.try_iter()?;
-            while let Some(data) = items.next() {
-                let data = data?;
-                let len = data.len()?;
-                let written = match sslobj.call_method1(intern!(py, "write"), (&data,)) {
-                    Ok(n) => n.extract::<usize>()?,
-                    Err(e) if e.matches(py, c.again_errors.bind(py))? => 0,
-                    Err(e) => return Err(e),
-                };
-                if written < len {
-                    // The rest waits in asyncio's backlog (_do_write's
-                    // partial write / SSLAgainErrors).
-                    let rest = if written == 0 {
-                        data
-                    } else {
-                        data.get_item(pyo3::types::PySlice::new(
-                            py,
-                            written as isize,
-                            len as isize,
-                            1,
-                        ))?
-                    };
-                    let backlog = item(&dict, intern!(py, "_write_backlog"))?;
-                    let mut queued = len - written;
-                    backlog.call_method1(intern!(py, "append"), (rest,))?;
-                    for more in items.by_ref() {
-                        let more = more?;
-                        queued += more.len()?;
-                        backlog.call_method1(intern!(py, "append"), (more,))?;
-                    }
-                    let size: usize = item(&dict, intern!(py, "_write_buffer_size"))?.extract()?;
-                    dict.set_item(intern!(py, "_write_buffer_size"), size + queued)?;
-                    break;
-                }
-            }
-            Self::process_outgoing(slf, protocol, &dict)
-        })();
+        let result = list_of_data
+            .try_iter()
+            .and_then(|items| Self::encrypt(slf, &dict, items));
+        let result = result.and_then(|()| Self::process_outgoing(slf, protocol, &dict));
         Self::fatal_on_error(protocol, result)
+    }
+
+    /// The application transport's `write(data)` (asyncio's
+    /// `_SSLProtocolTransport.write`), after its checks.
+    fn write_one(
+        slf: &Bound<'_, Self>,
+        protocol: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let dict = instance_dict(protocol)?;
+        if !Self::can_write_now(&dict)? {
+            let list_of_data = pyo3::types::PyTuple::new(py, [data])?;
+            protocol.call_method1(intern!(py, "_ferroloop_write_appdata"), (list_of_data,))?;
+            return Ok(());
+        }
+        let result = Self::encrypt(slf, &dict, std::iter::once(Ok(data.clone())));
+        let result = result.and_then(|()| Self::process_outgoing(slf, protocol, &dict));
+        Self::fatal_on_error(protocol, result)
+    }
+
+    /// WRAPPED with nothing queued: what asyncio's `_write_appdata` would
+    /// write at once.
+    fn can_write_now(dict: &Bound<'_, PyDict>) -> PyResult<bool> {
+        let py = dict.py();
+        Ok(item(dict, intern!(py, "_state"))?.is(&consts(py)?.wrapped)
+            && !item(dict, intern!(py, "_write_backlog"))?.is_truthy()?)
+    }
+
+    /// asyncio's `_do_write` for `items` with an empty backlog: each piece
+    /// into the SSL object; what it does not take (a partial write,
+    /// SSLAgainErrors) and everything after it waits in the backlog.
+    fn encrypt<'py>(
+        slf: &Bound<'py, Self>,
+        dict: &Bound<'py, PyDict>,
+        mut items: impl Iterator<Item = PyResult<Bound<'py, PyAny>>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let c = consts(py)?;
+        let sslobj = slf.get().sslobj(dict)?;
+        while let Some(data) = items.next() {
+            let data = data?;
+            let len = data.len()?;
+            let written = match sslobj.call_method1(intern!(py, "write"), (&data,)) {
+                Ok(n) => n.extract::<usize>()?,
+                Err(e) if e.matches(py, c.again_errors.bind(py))? => 0,
+                Err(e) => return Err(e),
+            };
+            if written < len {
+                let rest = if written == 0 {
+                    data
+                } else {
+                    data.get_item(pyo3::types::PySlice::new(
+                        py,
+                        written as isize,
+                        len as isize,
+                        1,
+                    ))?
+                };
+                let backlog = item(dict, intern!(py, "_write_backlog"))?;
+                let mut queued = len - written;
+                backlog.call_method1(intern!(py, "append"), (rest,))?;
+                for more in items.by_ref() {
+                    let more = more?;
+                    queued += more.len()?;
+                    backlog.call_method1(intern!(py, "append"), (more,))?;
+                }
+                let size: usize = item(dict, intern!(py, "_write_buffer_size"))?.extract()?;
+                dict.set_item(intern!(py, "_write_buffer_size"), size + queued)?;
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -627,12 +662,59 @@ unsafe extern "C" fn protocol_write_appdata(
     }
 }
 
+unsafe extern "C" fn app_transport_write(
+    slf: *mut ffi::PyObject,
+    data: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: METH_O method of the application transport class (the
+    // descriptor checked the type), GIL held, `data` a live borrowed object.
+    unsafe {
+        guard(|py| {
+            let transport = Borrowed::from_ptr(py, slf);
+            let data = Borrowed::from_ptr(py, data);
+            app_write(&transport, &data)?;
+            Ok(py.None().into_ptr())
+        })
+    }
+}
+
+/// asyncio's `_SSLProtocolTransport.write`.
+fn app_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    // SAFETY: type checks on a live object.
+    let bytes_like = unsafe {
+        ffi::PyBytes_Check(data.as_ptr()) != 0
+            || ffi::PyByteArray_Check(data.as_ptr()) != 0
+            || ffi::PyMemoryView_Check(data.as_ptr()) != 0
+    };
+    if !bytes_like {
+        return Err(PyTypeError::new_err(format!(
+            "data: expecting a bytes-like instance, got {}",
+            data.get_type().name()?
+        )));
+    }
+    if !data.is_truthy()? {
+        return Ok(());
+    }
+    let protocol = item(&instance_dict(transport)?, intern!(py, "_ssl_protocol"))?;
+    match core_of(&protocol)? {
+        Some(core) => TlsCore::write_one(core.bind(py), &protocol, data),
+        None => {
+            let list_of_data = pyo3::types::PyTuple::new(py, [data])?;
+            protocol.call_method1(intern!(py, "_write_appdata"), (list_of_data,))?;
+            Ok(())
+        }
+    }
+}
+
 /// Installs the native path for `protocol_type` (`ferroloop._tls.SSLProtocol`,
-/// whose `_tls` slot holds a `TlsCore`): its `_write_appdata`, and feeding
-/// from stream transports.
+/// whose `_tls` slot holds a `TlsCore`): its `_write_appdata`, feeding from
+/// stream transports, and the `write` of its application transport class
+/// `app_transport_type`.
 #[pyfunction]
 pub(crate) fn install_tls(
     protocol_type: &Bound<'_, PyType>,
+    app_transport_type: &Bound<'_, PyType>,
     wrapped: Bound<'_, PyAny>,
     again_errors: Bound<'_, PyAny>,
 ) -> PyResult<()> {
@@ -668,6 +750,14 @@ pub(crate) fn install_tls(
             c"_write_appdata",
             c"_write_appdata($self, list_of_data, /)\n--\n\nasyncio's _write_appdata, natively in the WRAPPED state.",
             protocol_write_appdata,
+        )],
+    )?;
+    add_methods(
+        app_transport_type,
+        vec![one_arg(
+            c"write",
+            c"write($self, data, /)\n--\n\nWrite some data bytes to the transport.",
+            app_transport_write,
         )],
     )
 }
