@@ -6,11 +6,13 @@
 
 Every sample is a fresh server process (benches/net/server.py, or the native
 echo server) pinned to one CPU, loaded by a generator pinned to the other one
-(benches/net/loadgen for echo benchmarks, wrk for HTTP). Within each round
-every benchmark runs once per loop, the loop order rotating each round.
-Reports median, min, max and IQR over the rounds, the ratio to uvloop
-(loop / uvloop for rates, uvloop / loop for memory: > 1 is better than
-uvloop) and, for echo benchmarks, the ratio to the native ceiling.
+(benches/net/loadgen for echo and TLS handshake benchmarks, wrk for HTTP and
+HTTPS). Within each round every benchmark runs once per loop, the loop order
+rotating each round. Reports median, min, max and IQR over the rounds, the
+ratio to uvloop (loop / uvloop for rates, uvloop / loop for memory: > 1 is
+better than uvloop) and, for plain echo benchmarks, the ratio to the native
+ceiling (TLS has none). The TLS benchmarks use a CA and a server certificate
+made for the run with the openssl CLI in its temporary directory.
 """
 
 import argparse
@@ -23,6 +25,8 @@ import resource
 import select
 import shutil
 import signal
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -51,6 +55,7 @@ LOOP_CLASS = {
     "ferroloop": "ferroloop._loop.Loop",
 }
 KIB = 1024
+TLS_SERVER_NAME = "localhost"  # the name the server certificate is made for and checked against
 
 
 def _benches():
@@ -73,13 +78,25 @@ def _benches():
             }
     b["unix_native_1k"] = {"type": "echo", "net": "unix", "kind": "native", "size": KIB}
     b["unix_protocol_1k"] = {"type": "echo", "net": "unix", "kind": "protocol", "size": KIB}
+    for spec in b.values():
+        spec["ceiling"] = f"{spec['net']}_native_{spec['size'] // KIB}k"
+    # TLS 1.3 echo over TCP: no native ceiling (`ceiling` None).
+    for size in (1, 16, 100):
+        for kind in ("protocol", "streams"):
+            b[f"tls_{kind}_{size}k"] = {
+                "type": "echo",
+                "net": "tcp",
+                "kind": kind,
+                "size": size * KIB,
+                "tls": True,
+                "ceiling": None,
+            }
+    b["tls_handshake"] = {"type": "handshake", "net": "tcp", "kind": "protocol", "tls": True}
     b["http_raw"] = {"type": "http", "net": "tcp", "kind": "http"}
     b["http_uvicorn"] = {"type": "http", "net": "tcp", "kind": "uvicorn"}
+    b["https_uvicorn"] = {"type": "http", "net": "tcp", "kind": "uvicorn", "tls": True}
     b["idle_protocol"] = {"type": "idle", "net": "tcp", "kind": "protocol"}
     b["idle_streams"] = {"type": "idle", "net": "tcp", "kind": "streams"}
-    for spec in b.values():
-        if spec["type"] == "echo":
-            spec["ceiling"] = f"{spec['net']}_native_{spec['size'] // KIB}k"
     return b
 
 
@@ -90,6 +107,7 @@ GROUPS = {
     "unix": "unix_*",
     "native": "*_native_*",
     "http": "http_*",
+    "tls": "tls_*,https_*",
     "idle": "idle_*",
     "all": "*",
 }
@@ -145,12 +163,14 @@ def tail(path, n=6):
 class Server:
     """One server process: started pinned, READY line awaited and checked."""
 
-    def __init__(self, loop, kind, address, args):
+    def __init__(self, loop, kind, address, args, tls=False):
         if loop == "native":
             cmd = [NATIVE, address]
             self.expect = "loop=native"
         else:
             cmd = [sys.executable, SERVER, loop, kind, address]
+            if tls:
+                cmd += ["--tls", args.tls_cert]
             self.expect = f"loop={LOOP_CLASS[loop]}"
         self.loop, self.kind = loop, kind
         fd, self.err = tempfile.mkstemp(prefix="ferroloop-net-", suffix=".err")
@@ -296,14 +316,13 @@ def address_for(spec, tmpdir):
 
 
 def sample_echo(spec, loop, args, tmpdir):
-    srv = Server(loop, spec["kind"], address_for(spec, tmpdir), args)
+    """An echo sample; for `handshake` benchmarks, loadgen --handshakes."""
+    srv = Server(loop, spec["kind"], address_for(spec, tmpdir), args, spec.get("tls", False))
     cmd = [
         LOADGEN,
         *loadgen_target(*srv.address),
         "--conns",
         str(args.conns),
-        "--size",
-        str(spec["size"]),
         "--duration",
         str(args.duration),
         "--warmup",
@@ -311,7 +330,13 @@ def sample_echo(spec, loop, args, tmpdir):
         "--server-pid",
         str(srv.p.pid),
     ]
-    if args.gen_threads:
+    if "size" in spec:
+        cmd += ["--size", str(spec["size"])]
+    if spec.get("tls"):
+        cmd += ["--tls", "--ca", args.tls_ca, "--server-name", TLS_SERVER_NAME]
+    if spec["type"] == "handshake":
+        cmd.append("--handshakes")
+    elif args.gen_threads and not spec.get("tls"):
         cmd.append("--threads")
     try:
         p = subprocess.run(
@@ -342,11 +367,23 @@ WRK_LAT = re.compile(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def check_http(host, port):
-    """Two requests on one keep-alive connection: status 200, expected body."""
+def check_http(host, port, tls_ca=None):
+    """Two requests on one keep-alive connection: status 200, expected body.
+    With `tls_ca`: over HTTPS, the certificate verified against that CA for
+    TLS_SERVER_NAME."""
     import http.client
 
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    if tls_ca:
+        ctx = ssl.create_default_context(cafile=tls_ca)
+
+        class Conn(http.client.HTTPSConnection):
+            def connect(self):
+                sock = socket.create_connection((self.host, self.port), self.timeout)
+                self.sock = ctx.wrap_socket(sock, server_hostname=TLS_SERVER_NAME)
+
+        conn = Conn(host, int(port), timeout=10, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
         for _ in range(2):
             conn.request("GET", "/")
@@ -359,10 +396,11 @@ def check_http(host, port):
 
 
 def sample_http(spec, loop, args, tmpdir):
-    srv = Server(loop, spec["kind"], "127.0.0.1:0", args)
+    tls = spec.get("tls", False)
+    srv = Server(loop, spec["kind"], "127.0.0.1:0", args, tls)
     host, port = srv.address[1].rsplit(":", 1)
     try:
-        check_http(host, port)
+        check_http(host, port, args.tls_ca if tls else None)
     except (OSError, SampleError) as e:
         srv.kill()
         raise SampleError(f"HTTP check failed: {e}") from None
@@ -373,7 +411,7 @@ def sample_http(spec, loop, args, tmpdir):
         f"-c{args.http_conns}",
         f"-d{duration}s",
         "--latency",
-        f"http://{host}:{port}/",
+        f"{'https' if tls else 'http'}://{host}:{port}/",
     ]
     cpu0, ru0 = proc_cpu(srv.p.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
@@ -469,7 +507,12 @@ def sample_idle(spec, loop, args, tmpdir):
     return res, problems
 
 
-SAMPLERS = {"echo": sample_echo, "http": sample_http, "idle": sample_idle}
+SAMPLERS = {
+    "echo": sample_echo,
+    "handshake": sample_echo,
+    "http": sample_http,
+    "idle": sample_idle,
+}
 
 
 # -- tables --------------------------------------------------------------------
@@ -528,13 +571,23 @@ def tables(results, plan, markdown):
 
     def echo_cells(bench, lp, ss, m):
         base = med.get((bench, "uvloop"))
-        ceil = med.get((BENCHES[bench]["ceiling"], "native"))
+        ceiling = BENCHES[bench]["ceiling"]  # None for TLS: no native ceiling
+        ceil = ceiling and med.get((ceiling, "native"))
         return [
             num(med_of(ss, "p99_us")),
             num(med_of(ss, "server_cpu"), "{:.2f}"),
             gen_cell(med_of(ss, "gen_cpu")),
             "-" if lp == "native" else ratio(m, base),
             "-" if lp == "native" else ratio(m, ceil),
+        ]
+
+    def handshake_cells(bench, lp, ss, m):
+        p99 = med_of(ss, "p99_us")
+        return [
+            num(p99 and p99 / 1000, "{:.2f}"),
+            num(med_of(ss, "server_cpu"), "{:.2f}"),
+            gen_cell(med_of(ss, "gen_cpu")),
+            ratio(m, med.get((bench, "uvloop"))),
         ]
 
     def http_cells(bench, lp, ss, m):
@@ -562,6 +615,14 @@ def tables(results, plan, markdown):
         "that server); the kernel's loopback TCP work is shared between both sides.",
     )
     section(
+        "handshake",
+        ["benchmark", "loop", "handshakes/s", "min", "max", "IQR", "p99 ms"]
+        + ["server CPU", "gen CPU", "vs uvloop"],
+        handshake_cells,
+        f"{SATURATED_NOTE}: the load generator's CPU was (nearly) saturated, "
+        "so the rate is partly the generator's limit (a lower bound for that server).",
+    )
+    section(
         "http",
         ["benchmark", "loop", "requests/s", "min", "max", "IQR", "p99 ms"]
         + ["server CPU", "wrk CPU", "vs uvloop"],
@@ -581,7 +642,8 @@ def tables(results, plan, markdown):
 
 
 def build(notes):
-    """cargo build --release of the generator and the native server."""
+    """cargo build --release of the generator and the native server (the
+    generator's first build also fetches its crates: rustls, ring)."""
     ok = {}
     for name, binary in (("loadgen", LOADGEN), ("native", NATIVE)):
         manifest = os.path.join(HERE, name, "Cargo.toml")
@@ -590,6 +652,8 @@ def build(notes):
             if not ok[name]:
                 notes.append(f"note: cargo not found and {binary} missing")
             continue
+        if not os.path.exists(binary):
+            print(f"building {name} (cargo build --release)", file=sys.stderr)
         p = subprocess.run(
             ["cargo", "build", "--release", "--quiet", "--manifest-path", manifest],
             capture_output=True,
@@ -602,6 +666,51 @@ def build(notes):
     return ok
 
 
+def openssl(*cmd, cwd):
+    p = subprocess.run(["openssl", *cmd], cwd=cwd, capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise OSError(f"openssl {cmd[0]}: {(p.stderr or p.stdout).strip()[-300:]}")
+
+
+def make_certs(tmpdir):
+    """A fresh CA and a server certificate for TLS_SERVER_NAME, both ECDSA
+    P-256, valid for 2 days, made with the openssl CLI in `tmpdir`. Returns
+    (server PEM with key and certificate, CA PEM)."""
+    d = os.path.join(tmpdir, "tls")
+    os.makedirs(d, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl(
+        "req", "-x509", "-new", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=ferroloop benches CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )  # fmt: skip
+    openssl(
+        "req", "-new", *ec, "-keyout", "server.key", "-out", "server.csr",
+        "-subj", f"/CN={TLS_SERVER_NAME}",
+        cwd=d,
+    )  # fmt: skip
+    with open(os.path.join(d, "server.ext"), "w") as f:
+        f.write(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=serverAuth\n"
+            f"subjectAltName=DNS:{TLS_SERVER_NAME}\n"
+        )
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "server.ext", "-out", "server.crt",
+        cwd=d,
+    )  # fmt: skip
+    cert = os.path.join(d, "server.pem")
+    with open(cert, "w") as out:
+        for name in ("server.key", "server.crt"):
+            with open(os.path.join(d, name)) as f:
+                out.write(f.read())
+    return cert, os.path.join(d, "ca.pem")
+
+
 def importable(module):
     p = subprocess.run(
         [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, check=False
@@ -612,8 +721,9 @@ def importable(module):
     return lines[-1] if lines else f"exit {p.returncode}"
 
 
-def make_plan(args, notes):
-    """[(bench, [loops])] after dropping what cannot run here."""
+def make_plan(args, notes, tmpdir):
+    """[(bench, [loops])] after dropping what cannot run here. Makes the TLS
+    certificates (args.tls_cert, args.tls_ca) when a TLS benchmark is selected."""
     built = build(notes)
     if not built["loadgen"]:
         sys.exit("the load generator could not be built (see above)")
@@ -629,6 +739,15 @@ def make_plan(args, notes):
         else:
             loops.append(lp)
     py = [lp for lp in loops if lp in PY_LOOPS]
+    args.tls_cert = args.tls_ca = tls_error = None
+    if any(BENCHES[b].get("tls") for b in args.only):
+        if shutil.which("openssl") is None:
+            tls_error = "no certificates: the openssl CLI is not installed"
+        else:
+            try:
+                args.tls_cert, args.tls_ca = make_certs(tmpdir)
+            except OSError as e:
+                tls_error = f"no certificates: {e}"
     missing = {}
     for bench in args.only:
         spec = BENCHES[bench]
@@ -643,6 +762,8 @@ def make_plan(args, notes):
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             if soft < args.idle_conns + 64:
                 why = f"RLIMIT_NOFILE {soft} < {args.idle_conns} connections"
+        if spec.get("tls") and not why:
+            why = tls_error
         if why:
             missing[bench] = why
     for bench, why in missing.items():
@@ -650,7 +771,7 @@ def make_plan(args, notes):
 
     plan = []
     selected = [b for b in args.only if b not in missing]
-    ceilings = {BENCHES[b]["ceiling"] for b in selected if BENCHES[b]["type"] == "echo"}
+    ceilings = {BENCHES[b].get("ceiling") for b in selected} - {None}
     for bench in BENCHES:  # in the canonical order: ceilings next to their group
         spec = BENCHES[bench]
         if spec["kind"] == "native":
@@ -692,7 +813,8 @@ def main():
     p.add_argument(
         "--gen-threads",
         action="store_true",
-        help="echo generator: one thread per connection instead of one epoll thread",
+        help="echo generator: one thread per connection instead of one epoll thread "
+        "(plain echo only: TLS always uses the epoll driver)",
     )
     p.add_argument(
         "--quiet",
@@ -731,15 +853,15 @@ def main():
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    plan, loops = make_plan(args, notes)
-    for n in notes:
-        print(n, file=sys.stderr)
-    results = {b: {lp: [] for lp in lps} for b, lps in plan}
-    errors, warnings = {}, {}
-    load0 = os.getloadavg()
-    t_start = time.monotonic()
-    tmpdir = tempfile.mkdtemp(prefix="ferroloop-net-")
+    tmpdir = tempfile.mkdtemp(prefix="ferroloop-net-")  # sockets, TLS certificates
     try:
+        plan, loops = make_plan(args, notes, tmpdir)
+        for n in notes:
+            print(n, file=sys.stderr)
+        results = {b: {lp: [] for lp in lps} for b, lps in plan}
+        errors, warnings = {}, {}
+        load0 = os.getloadavg()
+        t_start = time.monotonic()
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
             for bench, lps in plan:
@@ -765,7 +887,7 @@ def main():
                     extra = (
                         f" p99 {res['p99_us']:.0f} µs cpu srv {res['server_cpu']} "
                         f"gen {res['gen_cpu']}"
-                        if spec["type"] == "echo"
+                        if spec["type"] in ("echo", "handshake")
                         else ""
                     )
                     print(
@@ -788,7 +910,13 @@ def main():
         f"{args.rounds} rounds, fresh server per sample, {pin}; echo: {args.conns} connections, "
         f"{args.warmup:g} s warm-up + {args.duration:g} s; http: wrk -t1 -c{args.http_conns} "
         f"-d{max(1, round(args.duration))}s; idle: {args.idle_conns} connections; "
-        f"load average {load0[0]:.2f} before, {load1[0]:.2f} after; {elapsed / 60:.1f} min"
+        + (
+            "TLS 1.3 with an ECDSA P-256 certificate, loadgen: TLS13_AES_128_GCM_SHA256, "
+            "wrk: OpenSSL's choice; "
+            if any(BENCHES[b].get("tls") for b, _ in plan)
+            else ""
+        )
+        + f"load average {load0[0]:.2f} before, {load1[0]:.2f} after; {elapsed / 60:.1f} min"
     )
     if befores:
         print(

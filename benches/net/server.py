@@ -1,6 +1,6 @@
 """Echo / HTTP server of the network benchmarks, on one event loop.
 
-    python3 benches/net/server.py <loop> <kind> <address> [--cpu K]
+    python3 benches/net/server.py <loop> <kind> <address> [--cpu K] [--tls CERTFILE]
 
 loop:    asyncio | uvloop | ferroloop (created with that loop's own factory)
 kind:    sock      loop.sock_accept + one task per connection doing
@@ -11,6 +11,10 @@ kind:    sock      loop.sock_accept + one task per connection doing
                    answering every request with a fixed 13-byte body
          uvicorn   uvicorn (httptools, trivial ASGI app) on this loop
 address: HOST:PORT (port 0: any free port) or unix:PATH
+--tls:   serve TLS (streams, protocol) or HTTPS (uvicorn) with the key and
+         certificate chain in the PEM file CERTFILE, through the loop's own TLS
+         (`ssl=` of start_server / create_server; uvicorn passes its
+         ssl_certfile / ssl_keyfile configuration the same way)
 
 Prints one line `READY tcp HOST:PORT loop=<module.Class>` (or `READY unix PATH
 ...`) once listening, then serves until SIGTERM or SIGINT and exits with
@@ -24,10 +28,12 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import sys
 
 LOOPS = ("asyncio", "uvloop", "ferroloop")
 KINDS = ("sock", "streams", "protocol", "http", "uvicorn")
+TLS_KINDS = ("streams", "protocol", "uvicorn")
 BACKLOG = 1024
 RECV_SIZE = 65536  # sock_recv / reader.read chunk (the native server uses the same)
 
@@ -207,28 +213,37 @@ def listening_socket(address):
     return sock
 
 
-async def start(loop, kind, address):
+def tls_context(certfile):
+    """The server side of --tls: defaults of PROTOCOL_TLS_SERVER, one chain."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certfile)
+    return ctx
+
+
+async def start(loop, kind, address, ssl_ctx=None):
     """Starts the server; returns (object with `async aclose()`, listening socket).
 
     The asyncio-API kinds let the loop create the listening socket from
     host/port (or path), as applications do: asyncio and ferroloop set
     TCP_NODELAY only on sockets whose `proto` is IPPROTO_TCP, which a socket
-    handed over with `sock=` may not be."""
+    handed over with `sock=` may not be. `ssl_ctx` (streams and protocol
+    only) is passed as `ssl=`: the loop's own TLS."""
     if kind == "sock":
         sock = listening_socket(address)
         return SockServer(loop, sock), sock
     where, port = split(address)
+    kw = {"backlog": BACKLOG, "ssl": ssl_ctx}
     if kind == "streams":
         if port is None:
-            server = await asyncio.start_unix_server(streams_echo, where, backlog=BACKLOG)
+            server = await asyncio.start_unix_server(streams_echo, where, **kw)
         else:
-            server = await asyncio.start_server(streams_echo, where, port, backlog=BACKLOG)
+            server = await asyncio.start_server(streams_echo, where, port, **kw)
     else:
         factory = {"protocol": EchoProtocol, "http": HttpProtocol}[kind]
         if port is None:
-            server = await loop.create_unix_server(factory, where, backlog=BACKLOG)
+            server = await loop.create_unix_server(factory, where, **kw)
         else:
-            server = await loop.create_server(factory, where, port, backlog=BACKLOG)
+            server = await loop.create_server(factory, where, port, **kw)
     return AsyncioServer(server), server.sockets[0]
 
 
@@ -239,22 +254,25 @@ def ready(sock, loop):
     print(f"READY {describe(sock)} loop={cls.__module__}.{cls.__qualname__}", flush=True)
 
 
-async def serve(loop, kind, address):
+async def serve(loop, kind, address, ssl_ctx):
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server, sock = await start(loop, kind, address)
+    server, sock = await start(loop, kind, address, ssl_ctx)
     ready(sock, loop)
     await stop.wait()
     await server.aclose()
 
 
-async def serve_uvicorn(loop, address):
+async def serve_uvicorn(loop, address, certfile):
     import uvicorn
 
     host, port = split(address)
     if port is None:
         raise SystemExit("the uvicorn kind serves TCP only")
+    # HTTPS: uvicorn builds an SSLContext(PROTOCOL_TLS_SERVER) from these and
+    # passes it as ssl= to loop.create_server.
+    tls = {"ssl_certfile": certfile, "ssl_keyfile": certfile} if certfile else {}
     config = uvicorn.Config(
         asgi_app,
         host=host,
@@ -266,6 +284,7 @@ async def serve_uvicorn(loop, address):
         log_level="warning",
         access_log=False,
         backlog=BACKLOG,
+        **tls,
     )
     server = uvicorn.Server(config)
     # uvicorn catches SIGTERM/SIGINT with signal.signal and, after its graceful
@@ -289,7 +308,15 @@ def main():
     p.add_argument("kind", choices=KINDS)
     p.add_argument("address", help="HOST:PORT or unix:PATH")
     p.add_argument("--cpu", type=int, help="pin this process to one CPU")
+    p.add_argument(
+        "--tls",
+        metavar="CERTFILE",
+        help="serve TLS / HTTPS with this PEM file (private key and certificate chain)",
+    )
     args = p.parse_args()
+    if args.tls and args.kind not in TLS_KINDS:
+        p.error(f"--tls applies to the kinds {', '.join(TLS_KINDS)}")
+    ssl_ctx = tls_context(args.tls) if args.tls and args.kind != "uvicorn" else None
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -300,9 +327,9 @@ def main():
     asyncio.set_event_loop(loop)
     try:
         if args.kind == "uvicorn":
-            loop.run_until_complete(serve_uvicorn(loop, args.address))
+            loop.run_until_complete(serve_uvicorn(loop, args.address, args.tls))
         else:
-            loop.run_until_complete(serve(loop, args.kind, args.address))
+            loop.run_until_complete(serve(loop, args.kind, args.address, ssl_ctx))
     finally:
         asyncio.set_event_loop(None)
         loop.close()

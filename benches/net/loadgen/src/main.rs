@@ -1,8 +1,10 @@
-//! Echo load generator of benches/net (std only, no crates).
+//! Echo load generator of benches/net: plain TCP / Unix sockets, or TLS 1.3
+//! (rustls with the ring provider; std otherwise).
 //!
 //!     loadgen (--tcp HOST:PORT | --unix PATH) [--conns 10] [--size 1024]
 //!             [--duration 3] [--warmup 0.5] [--timeout 10] [--server-pid PID]
 //!             [--threads]
+//!             [--tls --ca PATH [--server-name localhost] [--handshakes]]
 //!     loadgen (--tcp HOST:PORT | --unix PATH) --hold N [--size 64]
 //!
 //! Echo mode: all connections are opened first; then each connection repeats
@@ -14,14 +16,35 @@
 //! thread switches, so the generator costs little CPU next to the server,
 //! and a large message can never deadlock against a server that echoes while
 //! it reads. `--threads`: one thread per connection instead (each waiting
-//! with poll(2)); costlier per round trip on a 2-CPU machine. Every echo is compared in full with what was sent (the message
-//! carries the connection id and trip number, the rest is a non-constant
-//! pattern), so a server that loses, reorders, duplicates or invents bytes
-//! fails instead of looking fast. At the end each connection half-closes and
-//! expects the server to close without sending more; `--timeout` seconds
-//! without progress fail the run. TCP sockets use TCP_NODELAY. `gen_cpu` and `server_cpu` in the output are
-//! the CPU time (user + system, from /proc) of this process and of
+//! with poll(2)); costlier per round trip on a 2-CPU machine. Every echo is
+//! compared in full with what was sent (the message carries the connection
+//! id and trip number, the rest is a non-constant pattern), so a server that
+//! loses, reorders, duplicates or invents bytes fails instead of looking
+//! fast. At the end each connection half-closes and expects the server to
+//! close without sending more; `--timeout` seconds without progress fail the
+//! run. TCP sockets use TCP_NODELAY. `gen_cpu` and `server_cpu` in the output
+//! are the CPU time (user + system, from /proc) of this process and of
 //! `--server-pid` over the measured interval, in CPUs (1.0 = one full CPU).
+//!
+//! TLS (`--tls`): the same echo over TLS 1.3 with the one cipher suite
+//! TLS13_AES_128_GCM_SHA256 (key exchange: rustls' default groups, X25519
+//! first), the server's certificate verified against the CA certificate(s) in
+//! the PEM file `--ca` for the name `--server-name`, no session resumption.
+//! Each `rustls::ClientConnection` is driven by hand on the same non-blocking
+//! sockets and epoll loop (`read_tls` / `process_new_packets` / `reader()`,
+//! `writer()` / `write_tls`). The handshakes are done during connection
+//! setup, before the warm-up. At the end each connection sends close_notify,
+//! half-closes, and expects the server to close (TCP EOF or its close_notify)
+//! without sending more plaintext. Not with `--threads` or `--hold`.
+//!
+//! Handshake mode (`--tls --handshakes`): each of `--conns` slots repeats a
+//! cycle: connect (blocking: on loopback the kernel completes it without the
+//! server's help), a full TLS 1.3 handshake (no resumption), one verified
+//! round trip of `size` (default 64) bytes, close_notify + half-close, wait
+//! for the server to close, close. The slots run concurrently on one epoll
+//! loop; cycles completing in the measured interval are counted (`rate` =
+//! handshakes per second) and timed (latency: from connect to the server's
+//! close).
 //!
 //! Hold mode: opens N connections one after the other, does one verified
 //! round trip on each, prints a JSON line, then keeps them open (idle) until
@@ -36,7 +59,12 @@ use std::os::raw::{c_int, c_long, c_short, c_ulong};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::exit;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{CipherSuite, ClientConfig, ClientConnection, ProtocolVersion};
 
 #[repr(C)]
 struct PollFd {
@@ -83,18 +111,6 @@ impl Conn {
         }
         Ok(conn)
     }
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.read(buf),
-            Conn::Unix(s) => s.read(buf),
-        }
-    }
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.write(buf),
-            Conn::Unix(s) => s.write(buf),
-        }
-    }
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.shutdown(Shutdown::Write),
@@ -106,6 +122,27 @@ impl Conn {
             Conn::Tcp(s) => s.as_raw_fd(),
             Conn::Unix(s) => s.as_raw_fd(),
         }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -223,6 +260,158 @@ fn finish(conn: &mut Conn, timeout_ms: c_int) -> Result<(), String> {
     Ok(())
 }
 
+// -- TLS -------------------------------------------------------------------------
+
+/// What every TLS connection must negotiate (checked after each handshake).
+const TLS_VERSION: ProtocolVersion = ProtocolVersion::TLSv1_3;
+const TLS_SUITE: CipherSuite = CipherSuite::TLS13_AES_128_GCM_SHA256;
+const TLS_DESC: &str = "TLSv1.3 TLS13_AES_128_GCM_SHA256";
+
+/// The client side of `--tls`: one shared configuration, one server name.
+struct Tls {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl Tls {
+    /// TLS 1.3 only, the one suite TLS13_AES_128_GCM_SHA256 (ring), server
+    /// certificates verified against the CA certificates of the PEM file
+    /// `ca`, no session resumption (every handshake is a full one).
+    fn new(ca: &str, server_name: &str) -> Result<Tls, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("--ca {ca}: {e}"))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("--ca {ca}: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("--ca {ca}: bad CA certificate: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("--ca {ca}: no certificate in the file"));
+        }
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
+        let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| format!("TLS configuration: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        config.enable_early_data = false;
+        let name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| format!("--server-name {server_name}: {e}"))?;
+        Ok(Tls {
+            config: Arc::new(config),
+            name,
+        })
+    }
+
+    fn client(&self) -> Result<ClientConnection, String> {
+        ClientConnection::new(self.config.clone(), self.name.clone())
+            .map_err(|e| format!("TLS client: {e}"))
+    }
+}
+
+/// After the handshake: fails unless TLS 1.3 with TLS13_AES_128_GCM_SHA256.
+fn check_negotiated(tls: &ClientConnection) -> Result<(), String> {
+    let version = tls.protocol_version();
+    let suite = tls.negotiated_cipher_suite().map(|s| s.suite());
+    if version != Some(TLS_VERSION) || suite != Some(TLS_SUITE) {
+        return Err(format!(
+            "negotiated {version:?} {suite:?}, expected {TLS_DESC}"
+        ));
+    }
+    Ok(())
+}
+
+/// Writes out what rustls has to send, waiting (poll) while the socket is full.
+fn flush_tls(conn: &mut Conn, tls: &mut ClientConnection, timeout_ms: c_int) -> Result<(), String> {
+    while tls.wants_write() {
+        match tls.write_tls(conn) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait(conn.fd(), POLLOUT, timeout_ms)
+                    .map_err(|e| format!("waiting to write: {e}"))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("write: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The handshake of one connection during setup, waiting with poll(2).
+fn tls_handshake(
+    conn: &mut Conn,
+    tls: &mut ClientConnection,
+    timeout_ms: c_int,
+) -> Result<(), String> {
+    loop {
+        flush_tls(conn, tls, timeout_ms).map_err(|e| format!("TLS handshake: {e}"))?;
+        if !tls.is_handshaking() {
+            return check_negotiated(tls);
+        }
+        wait(conn.fd(), POLLIN, timeout_ms)
+            .map_err(|e| format!("TLS handshake: waiting for the server: {e}"))?;
+        match tls.read_tls(conn) {
+            Ok(0) => return Err("TLS handshake: the server closed the connection".into()),
+            Ok(_) => {
+                tls.process_new_packets()
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+            }
+            Err(e) if is_retry(&e) => {}
+            Err(e) => return Err(format!("TLS handshake: read: {e}")),
+        }
+    }
+}
+
+/// The end of a TLS connection: close_notify, half-close, then expects the
+/// server to close (its close_notify, a TCP EOF or a reset) without sending
+/// more plaintext.
+fn finish_tls(
+    conn: &mut Conn,
+    tls: &mut ClientConnection,
+    timeout_ms: c_int,
+) -> Result<(), String> {
+    tls.send_close_notify();
+    flush_tls(conn, tls, timeout_ms).map_err(|e| format!("sending close_notify: {e}"))?;
+    conn.shutdown_write()
+        .map_err(|e| format!("shutdown: {e}"))?;
+    let mut extra = 0usize;
+    let mut buf = [0u8; 4096];
+    'closed: loop {
+        loop {
+            match tls.reader().read(&mut buf) {
+                Ok(0) => break 'closed, // close_notify
+                Ok(k) => extra += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break 'closed, // TCP EOF
+                Err(e) => return Err(format!("read after close_notify: {e}")),
+            }
+        }
+        match tls.read_tls(conn) {
+            // Ok(0), a TCP EOF: the reader reports it next
+            Ok(_) => {
+                tls.process_new_packets()
+                    .map_err(|e| format!("TLS after close_notify: {e}"))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait(conn.fd(), POLLIN, timeout_ms)
+                    .map_err(|e| format!("server did not close after close_notify: {e}"))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(format!("read after close_notify: {e}")),
+        }
+    }
+    if extra > 0 {
+        return Err(format!(
+            "server sent {extra} unexpected bytes after the last echo"
+        ));
+    }
+    Ok(())
+}
+
 /// Fills `msg` with a pattern that differs between connections and bytes.
 fn pattern(msg: &mut [u8], id: u32) {
     for (i, b) in msg.iter_mut().enumerate() {
@@ -260,6 +449,10 @@ struct Opts {
     server_pid: Option<String>,
     hold: Option<usize>,
     threads: bool,
+    tls: bool,
+    ca: Option<String>,
+    server_name: String,
+    handshakes: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -273,6 +466,10 @@ fn parse_args() -> Result<Opts, String> {
         server_pid: None,
         hold: None,
         threads: false,
+        tls: false,
+        ca: None,
+        server_name: "localhost".into(),
+        handshakes: false,
     };
     let mut have_addr = false;
     let mut size_given = false;
@@ -280,8 +477,14 @@ fn parse_args() -> Result<Opts, String> {
     let mut i = 0;
     while i < args.len() {
         let key = args[i].as_str();
-        if key == "--threads" {
-            o.threads = true;
+        let flag = match key {
+            "--threads" => Some(&mut o.threads),
+            "--tls" => Some(&mut o.tls),
+            "--handshakes" => Some(&mut o.handshakes),
+            _ => None,
+        };
+        if let Some(flag) = flag {
+            *flag = true;
             i += 1;
             continue;
         }
@@ -311,6 +514,8 @@ fn parse_args() -> Result<Opts, String> {
             "--timeout" => o.timeout_ms = (num(val)? * 1000.0) as c_int,
             "--server-pid" => o.server_pid = Some(val.clone()),
             "--hold" => o.hold = Some(num(val)? as usize),
+            "--ca" => o.ca = Some(val.clone()),
+            "--server-name" => o.server_name = val.clone(),
             _ => return Err(format!("unknown option {key}")),
         }
         i += 2;
@@ -318,8 +523,17 @@ fn parse_args() -> Result<Opts, String> {
     if !have_addr {
         return Err("need --tcp HOST:PORT or --unix PATH".into());
     }
-    if o.hold.is_some() && !size_given {
+    if (o.hold.is_some() || o.handshakes) && !size_given {
         o.size = 64;
+    }
+    if o.tls && o.ca.is_none() {
+        return Err("--tls needs --ca PATH".into());
+    }
+    if o.tls && (o.threads || o.hold.is_some()) {
+        return Err("--tls works with the epoll echo driver only (not --threads, --hold)".into());
+    }
+    if o.handshakes && !o.tls {
+        return Err("--handshakes needs --tls".into());
     }
     if o.size < 16 || o.conns == 0 || o.duration <= 0.0 {
         return Err("need --size >= 16, --conns >= 1, --duration > 0".into());
@@ -359,8 +573,11 @@ fn epoll_err(what: &str) -> impl FnOnce(io::Error) -> String + '_ {
 }
 
 /// One connection of echo mode: the message in flight and how far it got.
+/// With `tls`, `sent` counts the plaintext handed to rustls, and `want_out`
+/// also covers the records rustls has yet to write.
 struct Flow {
     conn: Conn,
+    tls: Option<ClientConnection>,
     id: u32,
     msg: Vec<u8>,
     buf: Vec<u8>,
@@ -384,15 +601,43 @@ impl Flow {
     }
 
     fn send(&mut self, ep: &Epoll, idx: u64) -> Result<(), String> {
-        while self.sent < self.msg.len() {
-            match self.conn.write(&self.msg[self.sent..]) {
-                Ok(k) => self.sent += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(format!("write: {e}")),
+        let n = self.msg.len();
+        let want_out = match &mut self.tls {
+            None => {
+                while self.sent < n {
+                    match self.conn.write(&self.msg[self.sent..]) {
+                        Ok(k) => self.sent += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(format!("write: {e}")),
+                    }
+                }
+                self.sent < n
             }
-        }
-        let want_out = self.sent < self.msg.len();
+            Some(tls) => {
+                // Encrypt as much as rustls buffers (64 KiB of records by
+                // default), write the records out, repeat.
+                loop {
+                    if tls.wants_write() {
+                        match tls.write_tls(&mut self.conn) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(format!("write: {e}")),
+                        }
+                    } else if self.sent < n {
+                        match tls.writer().write(&self.msg[self.sent..]) {
+                            Ok(0) => return Err("rustls took no plaintext".into()),
+                            Ok(k) => self.sent += k,
+                            Err(e) => return Err(format!("TLS write: {e}")),
+                        }
+                    } else {
+                        break;
+                    }
+                }
+                self.sent < n || tls.wants_write()
+            }
+        };
         if want_out != self.want_out {
             let ev = if want_out {
                 EPOLLIN | EPOLLOUT
@@ -406,25 +651,76 @@ impl Flow {
         Ok(())
     }
 
-    /// Reads once; returns true when the whole echo is in (and verified).
-    fn recv(&mut self) -> Result<bool, String> {
+    /// Reads once (TLS: until the socket is drained or the echo is in);
+    /// returns true when the whole echo is in (and verified).
+    fn recv(&mut self, ep: &Epoll, idx: u64) -> Result<bool, String> {
         let n = self.msg.len();
-        match self.conn.read(&mut self.buf[self.got..n]) {
-            Ok(0) => {
-                return Err(format!(
-                    "server closed the connection after echoing {} of {n} bytes",
-                    self.got
-                ))
+        if self.tls.is_some() {
+            self.recv_tls()?;
+            if self.tls.as_ref().is_some_and(|t| t.wants_write()) && !self.want_out {
+                self.send(ep, idx)?; // e.g. a reply to a key update
             }
-            Ok(k) => self.got += k,
-            Err(e) if is_retry(&e) => {}
-            Err(e) => return Err(format!("read: {e}")),
+        } else {
+            match self.conn.read(&mut self.buf[self.got..n]) {
+                Ok(0) => {
+                    return Err(format!(
+                        "server closed the connection after echoing {} of {n} bytes",
+                        self.got
+                    ))
+                }
+                Ok(k) => self.got += k,
+                Err(e) if is_retry(&e) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
         }
         if self.got < n {
             return Ok(false);
         }
         self.verified += verify(&self.msg, &self.buf)? as u64;
         Ok(true)
+    }
+
+    /// TLS: plaintext from rustls into `buf`, records from the socket into
+    /// rustls, until the echo is complete or the socket has nothing more.
+    /// Plaintext beyond the echo stays in rustls: the next trip (or the
+    /// final close) finds it and fails.
+    fn recv_tls(&mut self) -> Result<(), String> {
+        let n = self.msg.len();
+        let tls = self.tls.as_mut().expect("TLS flow");
+        loop {
+            while self.got < n {
+                match tls.reader().read(&mut self.buf[self.got..n]) {
+                    Ok(0) => {
+                        return Err(format!(
+                            "server sent close_notify after echoing {} of {n} bytes",
+                            self.got
+                        ))
+                    }
+                    Ok(k) => self.got += k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        return Err(format!(
+                            "server closed the connection (no close_notify) after echoing \
+                             {} of {n} bytes",
+                            self.got
+                        ))
+                    }
+                    Err(e) => return Err(format!("TLS read: {e}")),
+                }
+            }
+            if self.got == n {
+                return Ok(());
+            }
+            match tls.read_tls(&mut self.conn) {
+                // Ok(0), a TCP EOF: the reader reports it next
+                Ok(_) => {
+                    tls.process_new_packets().map_err(|e| format!("TLS: {e}"))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
     }
 }
 
@@ -437,15 +733,22 @@ fn cpu_sample(pid: &str) -> CpuSample {
 
 /// Echo mode: opens the connections, drives them (`--threads`: one blocking
 /// thread each; default: one thread with epoll), prints the JSON report.
-fn echo(o: Opts) {
+fn echo(o: Opts, tls: Option<Tls>) {
     let mut flows = Vec::with_capacity(o.conns);
     for id in 0..o.conns {
-        let conn = Conn::connect(&o.addr)
+        let mut conn = Conn::connect(&o.addr)
             .unwrap_or_else(|e| fail(&format!("connection {id}: connect: {e}")));
+        let client = tls.as_ref().map(|t| {
+            let mut c = t.client().unwrap_or_else(|e| fail(&e));
+            tls_handshake(&mut conn, &mut c, o.timeout_ms)
+                .unwrap_or_else(|e| fail(&format!("connection {id}: {e}")));
+            c
+        });
         let mut msg = vec![0u8; o.size];
         pattern(&mut msg, id as u32);
         flows.push(Flow {
             conn,
+            tls: client,
             id: id as u32,
             msg,
             buf: vec![0u8; o.size],
@@ -464,7 +767,7 @@ fn echo(o: Opts) {
         drive_epoll(&o, &mut flows)
     };
     match res {
-        Ok((lat, c0, c1, verified)) => report(&o, lat, c0, c1, verified),
+        Ok((lat, c0, c1, verified)) => report(&o, lat, c0, c1, verified, tls.is_some()),
         Err(e) => fail(&e),
     }
 }
@@ -513,11 +816,11 @@ fn drive_epoll(o: &Opts, flows: &mut [Flow]) -> Driven {
                 continue;
             }
             let res: Result<bool, String> = (|| {
-                if bits & (EPOLLOUT | EPOLLERR | EPOLLHUP) != 0 && f.sent < f.msg.len() {
+                if bits & (EPOLLOUT | EPOLLERR | EPOLLHUP) != 0 && f.want_out {
                     f.send(&ep, idx)?;
                 }
                 if bits & (EPOLLIN | EPOLLERR | EPOLLHUP) != 0 {
-                    return f.recv();
+                    return f.recv(&ep, idx);
                 }
                 Ok(false)
             })();
@@ -548,7 +851,11 @@ fn drive_epoll(o: &Opts, flows: &mut [Flow]) -> Driven {
         }
     }
     for (i, f) in flows.iter_mut().enumerate() {
-        finish(&mut f.conn, o.timeout_ms).map_err(|e| format!("connection {i}: {e}"))?;
+        match &mut f.tls {
+            Some(tls) => finish_tls(&mut f.conn, tls, o.timeout_ms),
+            None => finish(&mut f.conn, o.timeout_ms),
+        }
+        .map_err(|e| format!("connection {i}: {e}"))?;
     }
     let verified = flows.iter().map(|f| f.verified).sum();
     Ok((lat, cpu0, cpu1, verified))
@@ -611,9 +918,22 @@ fn report(
     cpu0: Option<CpuSample>,
     cpu1: Option<CpuSample>,
     verified: u64,
+    tls: bool,
 ) {
+    let what = if o.handshakes {
+        "handshakes"
+    } else {
+        "round_trips"
+    };
     if lat.is_empty() {
-        fail("no round trip completed in the measured interval");
+        fail(&format!(
+            "no {} completed in the measured interval",
+            if o.handshakes {
+                "handshake cycle"
+            } else {
+                "round trip"
+            }
+        ));
     }
     lat.sort_unstable();
     let pct = |q: f64| {
@@ -632,11 +952,16 @@ fn report(
     };
     let n = lat.len();
     println!(
-        "{{\"ok\": true, \"driver\": \"{}\", \"conns\": {}, \"size\": {}, \"round_trips\": {}, \
-         \"seconds\": {:.6}, \"rate\": {:.1}, \"bytes_compared\": {}, \"p50_us\": {:.1}, \
-         \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"max_us\": {:.1}, \"gen_cpu\": {}, \
-         \"server_cpu\": {}}}",
+        "{{\"ok\": true, \"driver\": \"{}\", \"tls\": {}, \"conns\": {}, \"size\": {}, \
+         \"{what}\": {}, \"seconds\": {:.6}, \"rate\": {:.1}, \"bytes_compared\": {}, \
+         \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"max_us\": {:.1}, \
+         \"gen_cpu\": {}, \"server_cpu\": {}}}",
         if o.threads { "threads" } else { "epoll" },
+        if tls {
+            json_str(TLS_DESC)
+        } else {
+            "null".into()
+        },
         o.conns,
         o.size,
         n,
@@ -651,6 +976,277 @@ fn report(
         cpu(true),
     );
 }
+
+// -- handshake mode ------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshake,
+    Echo,
+    Closing,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Handshake => "handshake",
+            Phase::Echo => "echo",
+            Phase::Closing => "close",
+        }
+    }
+}
+
+/// One cycle of handshake mode on a fresh connection: the handshake, one
+/// round trip, close_notify + half-close, the server's close.
+struct Cycle {
+    conn: Conn,
+    tls: ClientConnection,
+    phase: Phase,
+    got: usize,
+    t0: Instant,
+    want_out: bool,
+    shut: bool,
+}
+
+impl Cycle {
+    fn start(o: &Opts, t: &Tls, ep: &Epoll, idx: u64) -> Result<Cycle, String> {
+        let t0 = Instant::now();
+        let conn = Conn::connect(&o.addr).map_err(|e| format!("connect: {e}"))?;
+        let tls = t.client()?;
+        ep.ctl(EPOLL_CTL_ADD, conn.fd(), EPOLLIN, idx)
+            .map_err(epoll_err("epoll_ctl"))?;
+        Ok(Cycle {
+            conn,
+            tls,
+            phase: Phase::Handshake,
+            got: 0,
+            t0,
+            want_out: false,
+            shut: false,
+        })
+    }
+
+    /// Does all that can be done without blocking; returns true once the
+    /// server has closed after the verified echo.
+    fn step(&mut self, ep: &Epoll, idx: u64, msg: &[u8], buf: &mut [u8]) -> Result<bool, String> {
+        let n = msg.len();
+        let mut scratch = [0u8; 512];
+        loop {
+            if self.phase == Phase::Handshake && !self.tls.is_handshaking() {
+                check_negotiated(&self.tls)?;
+                self.tls
+                    .writer()
+                    .write_all(msg)
+                    .map_err(|e| format!("TLS write: {e}"))?;
+                self.phase = Phase::Echo;
+            }
+            // Plaintext: the echo and nothing else.
+            loop {
+                let echo = self.phase == Phase::Echo;
+                let room: &mut [u8] = if echo {
+                    &mut buf[self.got..n]
+                } else {
+                    &mut scratch
+                };
+                if room.is_empty() {
+                    break;
+                }
+                match self.tls.reader().read(room) {
+                    Ok(0) if self.phase == Phase::Closing => return Ok(true),
+                    Ok(0) => {
+                        return Err(format!(
+                            "server sent close_notify during the {} ({} of {n} bytes echoed)",
+                            self.phase.name(),
+                            self.got
+                        ))
+                    }
+                    Ok(k) if echo => self.got += k,
+                    Ok(k) => {
+                        return Err(format!(
+                            "server sent {k} unexpected bytes during the {}",
+                            self.phase.name()
+                        ))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        if self.phase == Phase::Closing {
+                            return Ok(true);
+                        }
+                        return Err(format!(
+                            "server closed the connection (no close_notify) during the {} \
+                             ({} of {n} bytes echoed)",
+                            self.phase.name(),
+                            self.got
+                        ));
+                    }
+                    Err(e) => return Err(format!("TLS read: {e}")),
+                }
+            }
+            if self.phase == Phase::Echo && self.got == n {
+                verify(msg, buf)?;
+                self.tls.send_close_notify();
+                self.phase = Phase::Closing;
+            }
+            // Records out; the half-close once close_notify is out.
+            while self.tls.wants_write() {
+                match self.tls.write_tls(&mut self.conn) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(format!("write: {e}")),
+                }
+            }
+            if self.phase == Phase::Closing && !self.shut && !self.tls.wants_write() {
+                self.conn
+                    .shutdown_write()
+                    .map_err(|e| format!("shutdown: {e}"))?;
+                self.shut = true;
+            }
+            match self.tls.read_tls(&mut self.conn) {
+                // Ok(0), a TCP EOF: the reader reports it next
+                Ok(_) => {
+                    self.tls
+                        .process_new_packets()
+                        .map_err(|e| format!("TLS ({}): {e}", self.phase.name()))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset && self.shut => {
+                    return Ok(true)
+                }
+                Err(e) => return Err(format!("read ({}): {e}", self.phase.name())),
+            }
+        }
+        let want_out = self.tls.wants_write();
+        if want_out != self.want_out {
+            let ev = if want_out {
+                EPOLLIN | EPOLLOUT
+            } else {
+                EPOLLIN
+            };
+            ep.ctl(EPOLL_CTL_MOD, self.conn.fd(), ev, idx)
+                .map_err(epoll_err("epoll_ctl"))?;
+            self.want_out = want_out;
+        }
+        Ok(false)
+    }
+}
+
+/// A handshake-mode connection slot: its message and the cycle in progress.
+struct Slot {
+    id: u32,
+    msg: Vec<u8>,
+    buf: Vec<u8>,
+    cycles: u64,
+    cycle: Option<Cycle>,
+}
+
+impl Slot {
+    fn begin(&mut self, o: &Opts, t: &Tls, ep: &Epoll, idx: u64) -> Result<(), String> {
+        stamp(&mut self.msg, self.id, self.cycles);
+        let c = self.cycle.insert(Cycle::start(o, t, ep, idx)?);
+        c.step(ep, idx, &self.msg, &mut self.buf)?; // sends the ClientHello
+        Ok(())
+    }
+}
+
+/// Handshake mode: `--conns` slots cycling concurrently on one epoll loop.
+fn handshakes(o: Opts, t: Tls) {
+    match drive_handshakes(&o, &t) {
+        Ok((lat, c0, c1, verified)) => report(&o, lat, c0, c1, verified, true),
+        Err(e) => fail(&e),
+    }
+}
+
+fn drive_handshakes(o: &Opts, t: &Tls) -> Driven {
+    let ep = Epoll::new().map_err(epoll_err("epoll_create1"))?;
+    let pid = o.server_pid.clone().unwrap_or_default();
+    let mut slots: Vec<Slot> = (0..o.conns)
+        .map(|id| {
+            let mut msg = vec![0u8; o.size];
+            pattern(&mut msg, id as u32);
+            Slot {
+                id: id as u32,
+                msg,
+                buf: vec![0u8; o.size],
+                cycles: 0,
+                cycle: None,
+            }
+        })
+        .collect();
+    let start = Instant::now();
+    let warm = start + Duration::from_secs_f64(o.warmup);
+    let end = warm + Duration::from_secs_f64(o.duration);
+    let (mut cpu0, mut cpu1) = (None, None);
+    let mut lat: Vec<u64> = Vec::with_capacity(1 << 16);
+    let mut verified = 0u64;
+    let mut active = slots.len();
+    for (i, s) in slots.iter_mut().enumerate() {
+        s.begin(o, t, &ep, i as u64)
+            .map_err(|e| format!("connection {i} cycle 0: {e}"))?;
+    }
+    let mut events = vec![EpollEvent { events: 0, data: 0 }; slots.len()];
+    while active > 0 {
+        let n = ep
+            .wait(&mut events, o.timeout_ms)
+            .map_err(epoll_err("epoll_wait"))?;
+        if n == 0 {
+            let (i, s) = slots
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.cycle.is_some())
+                .expect("an active slot");
+            let c = s.cycle.as_ref().expect("an active cycle");
+            return Err(format!(
+                "no progress for {} ms: connection {i} cycle {} is in its {} ({} of {} bytes echoed)",
+                o.timeout_ms,
+                s.cycles,
+                c.phase.name(),
+                c.got,
+                s.msg.len()
+            ));
+        }
+        for ev in &events[..n] {
+            let idx = ev.data;
+            let s = &mut slots[idx as usize];
+            let Some(c) = s.cycle.as_mut() else {
+                continue;
+            };
+            let done = c
+                .step(&ep, idx, &s.msg, &mut s.buf)
+                .map_err(|e| format!("connection {idx} cycle {}: {e}", s.cycles))?;
+            if !done {
+                continue;
+            }
+            let t1 = Instant::now();
+            let c = s.cycle.take().expect("the cycle just stepped");
+            ep.ctl(EPOLL_CTL_DEL, c.conn.fd(), 0, idx)
+                .map_err(epoll_err("epoll_ctl"))?;
+            let took = (t1 - c.t0).as_nanos() as u64;
+            drop(c); // closes the socket
+            verified += s.msg.len() as u64;
+            s.cycles += 1;
+            if t1 >= warm && cpu0.is_none() {
+                cpu0 = Some(cpu_sample(&pid));
+            }
+            if t1 >= end {
+                if cpu1.is_none() {
+                    cpu1 = Some(cpu_sample(&pid));
+                }
+                active -= 1;
+                continue;
+            }
+            if t1 >= warm {
+                lat.push(took);
+            }
+            s.begin(o, t, &ep, idx)
+                .map_err(|e| format!("connection {idx} cycle {}: {e}", s.cycles))?;
+        }
+    }
+    Ok((lat, cpu0, cpu1, verified))
+}
+
+// -- hold mode -----------------------------------------------------------------
 
 fn hold(o: Opts, count: usize) {
     let t0 = Instant::now();
@@ -691,8 +1287,13 @@ fn main() {
         eprintln!("usage: loadgen (--tcp HOST:PORT | --unix PATH) [options]; see the source");
         fail(&e)
     });
-    match o.hold {
-        Some(n) => hold(o, n),
-        None => echo(o),
+    let tls =
+        o.ca.as_deref()
+            .filter(|_| o.tls)
+            .map(|ca| Tls::new(ca, &o.server_name).unwrap_or_else(|e| fail(&e)));
+    match (o.hold, tls) {
+        (Some(n), _) => hold(o, n),
+        (None, Some(t)) if o.handshakes => handshakes(o, t),
+        (None, tls) => echo(o, tls),
     }
 }
