@@ -90,8 +90,8 @@ class NetworkMixin:
         ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT,
     ):
         """Start accepting on *sock*: natively (``transports/accept.rs``), or
-        with asyncio's own accept loop for TLS servers and in debug mode
-        (where asyncio logs every connection)."""
+        with asyncio's own accept loop in debug mode (where asyncio logs
+        every connection) and for TLS servers on 3.10 (its older sslproto)."""
         args = (
             protocol_factory,
             sock,
@@ -102,8 +102,24 @@ class NetworkMixin:
         )
         if _PY311:
             args += (ssl_shutdown_timeout,)
-        if sslcontext is not None or self._debug:
+        if self._debug or (sslcontext is not None and not _PY311):
             return _SelectorLoop._start_serving(self, *args)
+        factory = protocol_factory
+        if sslcontext is not None:
+            # asyncio's _accept_connection2 with sslcontext: the application
+            # protocol behind an SSLProtocol that owns the handshake (and
+            # closes the connection if it fails). Nothing awaits a waiter:
+            # asyncio's only reports its exception in debug mode.
+            def factory():
+                return SSLProtocol(
+                    self,
+                    protocol_factory(),
+                    sslcontext,
+                    None,
+                    server_side=True,
+                    ssl_handshake_timeout=ssl_handshake_timeout,
+                    ssl_shutdown_timeout=ssl_shutdown_timeout,
+                )
 
         def on_error(exc):
             # asyncio's _accept_connection, for errors other than "try again".
@@ -124,7 +140,7 @@ class NetworkMixin:
         acceptor = _ferroloop.Acceptor(
             self,
             sock,
-            protocol_factory,
+            factory,
             server,
             backlog,
             SocketTransport._adopt,

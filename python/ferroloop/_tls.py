@@ -34,7 +34,16 @@ if sys.version_info >= (3, 11):
         __slots__ = ("_tls",)
 
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
+            # NOTE: asyncio's __init__ allocates and zeroes a 256 KiB read
+            # buffer (bytearray(self.max_size)) for get_buffer(), ~90 us per
+            # connection in page faults, which a native transport never
+            # uses: start it empty. get_buffer() grows it on first use, as
+            # asyncio's does for a larger request.
+            self.max_size = 0
+            try:
+                super().__init__(*args, **kwargs)
+            finally:
+                del self.max_size
             self._tls = _ferroloop.TlsCore(self._incoming, self._outgoing)
 
         # _write_appdata is native (install_tls below).
