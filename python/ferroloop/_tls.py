@@ -11,15 +11,48 @@ and sends natively. Anything the native path does not cover calls back into
 asyncio's methods (``_ferroloop_fed``, ``_ferroloop_write_appdata``).
 
 On 3.10, whose ``sslproto`` is the older design, TLS is asyncio's protocol
-unchanged.
+unchanged; so it is on a later version whose SSLProtocol lacks a method or
+attribute the native path calls (``_NATIVE_NEEDS``), rather than a native
+path that would guess.
 """
 
 import sys
 from asyncio import sslproto
 
+try:
+    import ssl
+except ImportError:  # a Python built without OpenSSL: no TLS at all
+    ssl = None
+
 from . import _ferroloop
 
-if sys.version_info >= (3, 11):
+# What src/transports/tls.rs calls or reads on asyncio's SSLProtocol (3.11-3.14
+# have them all; the data path methods are the same code in each).
+_NATIVE_NEEDS = (
+    "_do_read",
+    "_do_write",
+    "_do_handshake",
+    "_on_handshake_complete",
+    "_do_flush",
+    "_do_shutdown",
+    "_call_eof_received",
+    "_start_shutdown",
+    "_control_app_writing",
+    "_control_ssl_reading",
+    "_fatal_error",
+    "_write_appdata",
+    "_get_app_transport",
+    "max_size",
+)
+_NATIVE = (
+    ssl is not None
+    and sys.version_info >= (3, 11)
+    and hasattr(sslproto, "SSLProtocolState")
+    and hasattr(sslproto, "_SSLProtocolTransport")
+    and all(hasattr(sslproto.SSLProtocol, name) for name in _NATIVE_NEEDS)
+)
+
+if _NATIVE:
     _State = sslproto.SSLProtocolState
     _Base = sslproto.SSLProtocol
 
@@ -46,8 +79,16 @@ if sys.version_info >= (3, 11):
                 del self.max_size
             self._tls = _ferroloop.TlsCore(self._incoming, self._outgoing)
 
-        # _write_appdata is native (install_tls below).
+        # _write_appdata, _do_read__copied and _process_outgoing are native
+        # (install_tls below).
         _ferroloop_write_appdata = _Base._write_appdata
+
+        def buffer_updated(self, nbytes):
+            # Fed by a Python transport (TLS over TLS: the outer
+            # connection's application transport): the native record
+            # framing did not see these bytes.
+            self._tls._unsync()
+            super().buffer_updated(nbytes)
 
         def _get_app_transport(self):
             if self._app_transport is None and not self._app_transport_created:
@@ -69,7 +110,7 @@ if sys.version_info >= (3, 11):
                 self._do_shutdown()
 
     _ferroloop.install_tls(
-        SSLProtocol, _SSLProtocolTransport, _State.WRAPPED, sslproto.SSLAgainErrors
+        SSLProtocol, _SSLProtocolTransport, _State.WRAPPED, sslproto.SSLAgainErrors, ssl.SSLError
     )
 else:
     SSLProtocol = sslproto.SSLProtocol

@@ -15,7 +15,11 @@
 //!   checked: asyncio's `_do_read` / `_do_read__copied` /
 //!   `_process_outgoing` / `_control_ssl_reading`.
 //! - `_write_appdata`: asyncio's `_write_appdata` / `_do_write` /
-//!   `_process_outgoing` as one native method of the protocol class.
+//!   `_process_outgoing` as one native method of the protocol class, and
+//!   the application transport's `write` before it.
+//! - `_do_handshake`, `_do_read__copied` and `_process_outgoing` replace
+//!   asyncio's on the protocol class, for the paths that stay asyncio's (after the
+//!   handshake, flushing before shutdown, resumed reading).
 //!
 //! Everything else, and every state but WRAPPED, calls back into asyncio's
 //! Python methods, so behaviour is asyncio's by construction. The protocol's
@@ -42,7 +46,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::fastcall::{add_methods, guard, one_arg};
+use crate::event_loop::fastcall::{add_methods, guard, noargs, one_arg};
 use crate::sock_io;
 
 /// What the native path needs from the running Python's `sslproto`.
@@ -53,6 +57,8 @@ struct Consts {
     wrapped: Py<PyAny>,
     /// `sslproto.SSLAgainErrors`: what `_do_read` / `_do_write` swallow.
     again_errors: Py<PyAny>,
+    /// `ssl.SSLError`: what ends `_do_handshake`.
+    ssl_error: Py<PyAny>,
 }
 
 static CONSTS: PyOnceLock<Consts> = PyOnceLock::new();
@@ -500,6 +506,29 @@ impl TlsCore {
         Self::fatal_on_error(protocol, result)
     }
 
+    /// asyncio's `_do_handshake`, on the C SSL object: "again" flushes what
+    /// the handshake wrote, an `SSLError` (or success) completes it.
+    fn do_handshake(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let c = consts(py)?;
+        let dict = instance_dict(protocol)?;
+        let sslobj = slf.get().sslobj(&dict)?;
+        match sslobj.call_method0(intern!(py, "do_handshake")) {
+            Ok(_) => {
+                protocol.call_method1(intern!(py, "_on_handshake_complete"), (py.None(),))?;
+            }
+            Err(e) if e.matches(py, c.again_errors.bind(py))? => {
+                Self::process_outgoing(slf, protocol, &dict)?;
+            }
+            Err(e) if e.matches(py, c.ssl_error.bind(py))? => {
+                protocol
+                    .call_method1(intern!(py, "_on_handshake_complete"), (e.into_value(py),))?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
     /// WRAPPED with nothing queued: what asyncio's `_write_appdata` would
     /// write at once.
     fn can_write_now(dict: &Bound<'_, PyDict>) -> PyResult<bool> {
@@ -578,6 +607,12 @@ impl TlsCore {
             outgoing: outgoing.unbind(),
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Bytes reached the incoming BIO without `fill` (asyncio's Python
+    /// `buffer_updated`, e.g. TLS over TLS): the framing is out of step.
+    fn _unsync(&self) {
+        self.inner.lock().framing = Framing::default();
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -707,6 +742,56 @@ fn app_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<
     }
 }
 
+unsafe extern "C" fn protocol_do_read_copied(
+    slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: METH_NOARGS method of the protocol class (the descriptor
+    // checked the type), GIL held.
+    unsafe {
+        guard(|py| {
+            let core = slot_core(py, slf)?;
+            let protocol = Borrowed::from_ptr(py, slf);
+            let dict = instance_dict(&protocol)?;
+            TlsCore::read_copied(&core, &protocol, &dict)?;
+            Ok(py.None().into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn protocol_process_outgoing(
+    slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: METH_NOARGS method of the protocol class (the descriptor
+    // checked the type), GIL held.
+    unsafe {
+        guard(|py| {
+            let core = slot_core(py, slf)?;
+            let protocol = Borrowed::from_ptr(py, slf);
+            let dict = instance_dict(&protocol)?;
+            TlsCore::process_outgoing(&core, &protocol, &dict)?;
+            Ok(py.None().into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn protocol_do_handshake(
+    slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: METH_NOARGS method of the protocol class (the descriptor
+    // checked the type), GIL held.
+    unsafe {
+        guard(|py| {
+            let core = slot_core(py, slf)?;
+            let protocol = Borrowed::from_ptr(py, slf);
+            TlsCore::do_handshake(&core, &protocol)?;
+            Ok(py.None().into_ptr())
+        })
+    }
+}
+
 /// Installs the native path for `protocol_type` (`ferroloop._tls.SSLProtocol`,
 /// whose `_tls` slot holds a `TlsCore`): its `_write_appdata`, feeding from
 /// stream transports, and the `write` of its application transport class
@@ -717,6 +802,7 @@ pub(crate) fn install_tls(
     app_transport_type: &Bound<'_, PyType>,
     wrapped: Bound<'_, PyAny>,
     again_errors: Bound<'_, PyAny>,
+    ssl_error: Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = protocol_type.py();
     let descr = protocol_type.getattr(intern!(py, "_tls"))?;
@@ -742,15 +828,33 @@ pub(crate) fn install_tls(
             protocol_type: protocol_type.clone().unbind(),
             wrapped: wrapped.unbind(),
             again_errors: again_errors.unbind(),
+            ssl_error: ssl_error.unbind(),
         },
     );
     add_methods(
         protocol_type,
-        vec![one_arg(
-            c"_write_appdata",
-            c"_write_appdata($self, list_of_data, /)\n--\n\nasyncio's _write_appdata, natively in the WRAPPED state.",
-            protocol_write_appdata,
-        )],
+        vec![
+            one_arg(
+                c"_write_appdata",
+                c"_write_appdata($self, list_of_data, /)\n--\n\nasyncio's _write_appdata, natively in the WRAPPED state.",
+                protocol_write_appdata,
+            ),
+            noargs(
+                c"_do_handshake",
+                c"_do_handshake($self, /)\n--\n\nasyncio's _do_handshake, natively.",
+                protocol_do_handshake,
+            ),
+            noargs(
+                c"_do_read__copied",
+                c"_do_read__copied($self, /)\n--\n\nasyncio's _do_read__copied, natively.",
+                protocol_do_read_copied,
+            ),
+            noargs(
+                c"_process_outgoing",
+                c"_process_outgoing($self, /)\n--\n\nasyncio's _process_outgoing and _control_app_writing, natively.",
+                protocol_process_outgoing,
+            ),
+        ],
     )?;
     add_methods(
         app_transport_type,
