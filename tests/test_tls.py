@@ -223,8 +223,11 @@ def test_bursts_of_small_records_in_order(loop, run, pki):
         )
         assert await asyncio.wait_for(sink.done, 30) is None
         assert sink.hash.hexdigest() == hashlib.sha256(blob).hexdigest()
-        assert sink.eof
-        assert sink.calls < len(pieces)
+        if sys.version_info >= (3, 11):
+            # 3.10's older SSLProtocol ends with connection_lost alone and
+            # hands over one record per data_received.
+            assert sink.eof
+            assert sink.calls < len(pieces)
         server.close()
         await server.wait_closed()
 
