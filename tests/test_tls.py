@@ -575,3 +575,48 @@ def test_many_concurrent_connections(loop, run, pki):
     fds = len(os.listdir("/proc/self/fd"))
     run(main(), timeout=60)
     assert len(os.listdir("/proc/self/fd")) <= fds + 2
+
+
+def test_sslobject_class_of_the_context_is_used(loop, run, pki):
+    """An SSLContext whose sslobject_class overrides read/write/do_handshake
+    gets its overrides called (ferroloop bypasses only the stdlib's own
+    SSLObject)."""
+    calls = {"read": 0, "write": 0, "do_handshake": 0}
+
+    class Counting(ssl.SSLObject):
+        def read(self, len=1024, buffer=None):
+            calls["read"] += 1
+            return super().read(len, buffer)
+
+        def write(self, data):
+            calls["write"] += 1
+            return super().write(data)
+
+        def do_handshake(self):
+            calls["do_handshake"] += 1
+            return super().do_handshake()
+
+    async def main():
+        sctx = server_context(pki)
+        sctx.sslobject_class = Counting
+
+        async def handle(reader, writer):
+            writer.write(await reader.readline())
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=sctx)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context(pki), server_hostname="localhost"
+        )
+        w.write(b"counted\n")
+        assert await r.readline() == b"counted\n"
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+    assert all(calls.values()), calls

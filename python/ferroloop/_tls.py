@@ -110,7 +110,12 @@ if _NATIVE:
                 self._do_shutdown()
 
     _ferroloop.install_tls(
-        SSLProtocol, _SSLProtocolTransport, _State.WRAPPED, sslproto.SSLAgainErrors, ssl.SSLError
+        SSLProtocol,
+        _SSLProtocolTransport,
+        _State.WRAPPED,
+        sslproto.SSLAgainErrors,
+        ssl.SSLError,
+        ssl.SSLObject,
     )
 else:
     SSLProtocol = sslproto.SSLProtocol

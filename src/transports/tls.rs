@@ -59,6 +59,8 @@ struct Consts {
     again_errors: Py<PyAny>,
     /// `ssl.SSLError`: what ends `_do_handshake`.
     ssl_error: Py<PyAny>,
+    /// `ssl.SSLObject`: the class whose C object is called directly.
+    ssl_object: Py<PyAny>,
 }
 
 static CONSTS: PyOnceLock<Consts> = PyOnceLock::new();
@@ -246,7 +248,14 @@ impl TlsCore {
                 }
             }
         }
-        let c = wrapper.getattr(intern!(py, "_sslobj"))?;
+        // NOTE: an SSLContext whose `sslobject_class` is a subclass may
+        // override read/write/do_handshake in Python: call those through
+        // the wrapper; only the stdlib's own class is bypassed.
+        let c = if wrapper.get_type().is(consts(py)?.ssl_object.bind(py)) {
+            wrapper.getattr(intern!(py, "_sslobj"))?
+        } else {
+            wrapper.clone()
+        };
         let old = self
             .inner
             .lock()
@@ -803,6 +812,7 @@ pub(crate) fn install_tls(
     wrapped: Bound<'_, PyAny>,
     again_errors: Bound<'_, PyAny>,
     ssl_error: Bound<'_, PyAny>,
+    ssl_object: Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = protocol_type.py();
     let descr = protocol_type.getattr(intern!(py, "_tls"))?;
@@ -829,6 +839,7 @@ pub(crate) fn install_tls(
             wrapped: wrapped.unbind(),
             again_errors: again_errors.unbind(),
             ssl_error: ssl_error.unbind(),
+            ssl_object: ssl_object.unbind(),
         },
     );
     add_methods(
