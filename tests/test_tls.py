@@ -620,3 +620,35 @@ def test_sslobject_class_of_the_context_is_used(loop, run, pki):
 
     run(main())
     assert all(calls.values()), calls
+
+
+def test_buffered_protocol_with_a_bytearray_buffer(loop, loop_name, run, pki):
+    """A BufferedProtocol whose get_buffer() returns a bytearray receives
+    every byte of multi-record bursts on ferroloop, which decrypts into the
+    buffer itself."""
+    if loop_name == "asyncio" or sys.version_info < (3, 11):
+        pytest.skip(
+            "asyncio's SSLProtocol reads the rest of a burst into buf[offset:], "
+            "a copy for a bytearray, and loses those bytes (3.10's older "
+            "SSLProtocol is ferroloop's there too)"
+        )
+    payload = pattern(8 * MIB, seed=5)
+
+    class ByteArraySink(BufferedSink):
+        def __init__(self, loop):
+            super().__init__(loop)
+            self.buf = bytearray(64 * 1024)
+
+    async def main():
+        server, port = await serve(loop, lambda: Sender(loop, payload), server_context(pki))
+        sink = ByteArraySink(loop)
+        await loop.create_connection(
+            lambda: sink, "127.0.0.1", port, ssl=client_context(pki), server_hostname="localhost"
+        )
+        assert await asyncio.wait_for(sink.done, 30) is None
+        assert sink.size == len(payload)
+        assert sink.hash.hexdigest() == hashlib.sha256(payload).hexdigest()
+        server.close()
+        await server.wait_closed()
+
+    run(main(), timeout=40)

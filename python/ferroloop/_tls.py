@@ -30,6 +30,9 @@ from . import _ferroloop
 # have them all; the data path methods are the same code in each).
 _NATIVE_NEEDS = (
     "_do_read",
+    "_do_read__copied",
+    "_do_read__buffered",
+    "_process_outgoing",
     "_do_write",
     "_do_handshake",
     "_on_handshake_complete",
@@ -79,8 +82,9 @@ if _NATIVE:
                 del self.max_size
             self._tls = _ferroloop.TlsCore(self._incoming, self._outgoing)
 
-        # _write_appdata, _do_read__copied and _process_outgoing are native
-        # (install_tls below).
+        # _write_appdata, _do_handshake, _do_read__copied,
+        # _do_read__buffered and _process_outgoing are native (install_tls
+        # below).
         _ferroloop_write_appdata = _Base._write_appdata
 
         def buffer_updated(self, nbytes):

@@ -238,12 +238,12 @@ enum Next {
 
 /// A writable, contiguous view of a Python buffer (what `recv_into` takes),
 /// released on drop.
-struct WritableBuffer {
+pub(crate) struct WritableBuffer {
     view: Box<ffi::Py_buffer>,
 }
 
 impl WritableBuffer {
-    fn get(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+    pub(crate) fn get(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
         // SAFETY: a zeroed Py_buffer is a valid out-parameter; on success
         // PyObject_GetBuffer fills it and we release it exactly once (Drop).
         unsafe {
@@ -255,11 +255,11 @@ impl WritableBuffer {
         }
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.view.len as usize
     }
 
-    fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: PyBUF_WRITABLE without PyBUF_ND asks for a contiguous
         // writable block of `len` bytes, valid until the view is released.
         unsafe { std::slice::from_raw_parts_mut(self.view.buf.cast::<u8>(), self.len()) }

@@ -17,7 +17,8 @@
 //! - `_write_appdata`: asyncio's `_write_appdata` / `_do_write` /
 //!   `_process_outgoing` as one native method of the protocol class, and
 //!   the application transport's `write` before it.
-//! - `_do_handshake`, `_do_read__copied` and `_process_outgoing` replace
+//! - `_do_handshake`, `_do_read__copied`, `_do_read__buffered` (straight
+//!   into a BufferedProtocol's buffer) and `_process_outgoing` replace
 //!   asyncio's on the protocol class, for the paths that stay asyncio's (after the
 //!   handshake, flushing before shutdown, resumed reading).
 //!
@@ -46,6 +47,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::stream::WritableBuffer;
 use crate::event_loop::fastcall::{add_methods, guard, noargs, one_arg};
 use crate::sock_io;
 
@@ -300,14 +302,13 @@ impl TlsCore {
         dict: &Bound<'_, PyDict>,
     ) -> PyResult<()> {
         let py = slf.py();
-        if item(dict, intern!(py, "_app_protocol_is_buffer"))?.is_truthy()? {
-            // BufferedProtocol applications: asyncio's code.
-            protocol.call_method0(intern!(py, "_do_read"))?;
-            return Ok(());
-        }
         let result = (|| {
             if !item(dict, intern!(py, "_app_reading_paused"))?.is_truthy()? {
-                Self::read_copied(slf, protocol, dict)?;
+                if item(dict, intern!(py, "_app_protocol_is_buffer"))?.is_truthy()? {
+                    Self::read_buffered(slf, protocol, dict)?;
+                } else {
+                    Self::read_copied(slf, protocol, dict)?;
+                }
                 if item(dict, intern!(py, "_write_backlog"))?.is_truthy()? {
                     protocol.call_method0(intern!(py, "_do_write"))?;
                 } else {
@@ -369,19 +370,36 @@ impl TlsCore {
         buf: &mut [u8],
     ) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
         let py = sslobj.py();
+        let mut chunks: Vec<Bound<'py, PyBytes>> = Vec::new();
+        let close_notify = loop {
+            let (filled, close_notify) = self.decrypt_into(sslobj, buf)?;
+            if filled > 0 {
+                chunks.push(PyBytes::new(py, &buf[..filled]));
+            }
+            if filled < buf.len() || close_notify {
+                break close_notify;
+            }
+        };
+        let data = match chunks.len() {
+            0 => None,
+            1 => chunks.pop(),
+            _ => Some(join(py, &chunks)?),
+        };
+        Ok((data, close_notify))
+    }
+
+    /// Decrypts into `buf` until it is full, no complete record is left
+    /// ("again"), or close_notify: how many bytes, and whether close_notify
+    /// arrived.
+    fn decrypt_into(&self, sslobj: &Bound<'_, PyAny>, buf: &mut [u8]) -> PyResult<(usize, bool)> {
+        let py = sslobj.py();
         let c = consts(py)?;
         let incoming = self.incoming.bind(py);
-        let mut chunks: Vec<Bound<'py, PyBytes>> = Vec::new();
         let mut filled = 0;
-        let mut close_notify = false;
-        loop {
+        while filled < buf.len() {
             let pending: usize = incoming.getattr(intern!(py, "pending"))?.extract()?;
             if self.inner.lock().framing.complete_record(pending) == Some(false) {
                 break;
-            }
-            if filled == buf.len() {
-                chunks.push(PyBytes::new(py, buf));
-                filled = 0;
             }
             let room = &mut buf[filled..];
             let len = room.len();
@@ -392,8 +410,7 @@ impl TlsCore {
                 Ok(n) => {
                     let n: usize = n.extract()?;
                     if n == 0 {
-                        close_notify = true;
-                        break;
+                        return Ok((filled, true));
                     }
                     filled += n;
                 }
@@ -407,15 +424,51 @@ impl TlsCore {
                 Err(e) => return Err(e),
             }
         }
-        if filled > 0 {
-            chunks.push(PyBytes::new(py, &buf[..filled]));
-        }
-        let data = match chunks.len() {
-            0 => None,
-            1 => chunks.pop(),
-            _ => Some(join(py, &chunks)?),
+        Ok((filled, false))
+    }
+
+    /// asyncio's `_do_read__buffered`: decrypt straight into the
+    /// application's `get_buffer()` (sized by what the BIO holds), then
+    /// `buffer_updated`; a full buffer schedules another `_do_read`, as
+    /// asyncio's does. NOTE: asyncio reads the rest of a burst into
+    /// `buf[offset:]`, a copy for a bytearray (those bytes are lost there);
+    /// here every byte lands in the buffer itself.
+    fn read_buffered(
+        slf: &Bound<'_, Self>,
+        protocol: &Bound<'_, PyAny>,
+        dict: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let sslobj = this.sslobj(dict)?;
+        let hint: usize = this
+            .incoming
+            .bind(py)
+            .getattr(intern!(py, "pending"))?
+            .extract()?;
+        let buf = item(dict, intern!(py, "_app_protocol_get_buffer"))?.call1((hint,))?;
+        let mut view = WritableBuffer::get(&buf)?;
+        let wants = view.len();
+        // NOTE: asyncio's read(0, buf) answers 0, which it takes for
+        // close_notify.
+        let (offset, close_notify) = if wants == 0 {
+            (0, true)
+        } else {
+            this.decrypt_into(&sslobj, view.as_mut_slice())?
         };
-        Ok((data, close_notify))
+        drop(view);
+        if offset == wants && !close_notify {
+            let again = protocol.getattr(intern!(py, "_do_read"))?;
+            item(dict, intern!(py, "_loop"))?.call_method1(intern!(py, "call_soon"), (again,))?;
+        }
+        if offset > 0 {
+            item(dict, intern!(py, "_app_protocol_buffer_updated"))?.call1((offset,))?;
+        }
+        if close_notify {
+            protocol.call_method0(intern!(py, "_call_eof_received"))?;
+            protocol.call_method0(intern!(py, "_start_shutdown"))?;
+        }
+        Ok(())
     }
 
     /// asyncio's `_process_outgoing` and `_control_app_writing`.
@@ -768,6 +821,23 @@ unsafe extern "C" fn protocol_do_read_copied(
     }
 }
 
+unsafe extern "C" fn protocol_do_read_buffered(
+    slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: METH_NOARGS method of the protocol class (the descriptor
+    // checked the type), GIL held.
+    unsafe {
+        guard(|py| {
+            let core = slot_core(py, slf)?;
+            let protocol = Borrowed::from_ptr(py, slf);
+            let dict = instance_dict(&protocol)?;
+            TlsCore::read_buffered(&core, &protocol, &dict)?;
+            Ok(py.None().into_ptr())
+        })
+    }
+}
+
 unsafe extern "C" fn protocol_process_outgoing(
     slf: *mut ffi::PyObject,
     _: *mut ffi::PyObject,
@@ -859,6 +929,11 @@ pub(crate) fn install_tls(
                 c"_do_read__copied",
                 c"_do_read__copied($self, /)\n--\n\nasyncio's _do_read__copied, natively.",
                 protocol_do_read_copied,
+            ),
+            noargs(
+                c"_do_read__buffered",
+                c"_do_read__buffered($self, /)\n--\n\nasyncio's _do_read__buffered, natively.",
+                protocol_do_read_buffered,
             ),
             noargs(
                 c"_process_outgoing",
