@@ -11,6 +11,7 @@ certificates, verification, session reuse), TLS over TLS, many connections.
 
 import asyncio
 import datetime
+import gc
 import hashlib
 import os
 import ssl
@@ -652,3 +653,143 @@ def test_buffered_protocol_with_a_bytearray_buffer(loop, loop_name, run, pki):
         await server.wait_closed()
 
     run(main(), timeout=40)
+
+
+def test_write_after_close_warns_and_does_not_hang(loop, run, pki, caplog):
+    """Writes after close(): asyncio's 'SSL connection is closed' warning
+    once past its threshold, no exception, and the connection still ends."""
+    import logging
+
+    async def main():
+        server, port = await serve(loop, asyncio.Protocol, server_context(pki))
+        sink = Sink(loop)
+        transport, _ = await loop.create_connection(
+            lambda: sink, "127.0.0.1", port, ssl=client_context(pki), server_hostname="localhost"
+        )
+        transport.close()
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            for _ in range(8):
+                transport.write(b"late")
+        assert await asyncio.wait_for(sink.done, 10) is None
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+    assert any("SSL connection is closed" in r.getMessage() for r in caplog.records)
+
+
+def test_close_while_reading_is_paused_still_shuts_down(loop, run, pki):
+    async def main():
+        eof = loop.create_future()
+
+        class Peer(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.write(b"x" * 100_000)
+
+            def eof_received(self):
+                eof.set_result(True)
+
+            def connection_lost(self, exc):
+                if not eof.done():
+                    eof.set_result(False)
+
+        server, port = await serve(loop, Peer, server_context(pki))
+        sink = Sink(loop)
+        transport, _ = await loop.create_connection(
+            lambda: sink, "127.0.0.1", port, ssl=client_context(pki), server_hostname="localhost"
+        )
+        transport.pause_reading()
+        await asyncio.sleep(0.05)
+        transport.close()
+        # The client's close_notify reaches the server, and the client's
+        # connection ends although its application never resumed reading.
+        assert await asyncio.wait_for(eof, 10) is True
+        await asyncio.wait_for(sink.done, 10)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+def test_peer_vanishing_mid_handshake(loop, run, pki, how):
+    """A client that sends half a ClientHello and goes away: the server's
+    connection ends quietly (no application callback, nothing reaches the
+    exception handler, no fd left)."""
+    import socket
+    import struct
+
+    async def main():
+        made = []
+
+        class App(asyncio.Protocol):
+            def connection_made(self, transport):
+                made.append(transport)
+
+        server, port = await serve(loop, App, server_context(pki))
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            if how == "reset":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if len(os.listdir("/proc/self/fd")) <= before:
+                break
+        assert len(os.listdir("/proc/self/fd")) <= before
+        assert made == []
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(300, method="thread")
+def test_connect_close_cycles_leave_nothing_behind(loop, run, pki):
+    """10^4 TLS connect / echo / close cycles: no fd left, RSS flat (after a
+    warm-up) within 5%. (A soak: scripts/test runs it once per CI.)"""
+
+    def rss():
+        # The current resident set (ru_maxrss would be the high-water mark).
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    async def main():
+        async def handle(reader, writer):
+            writer.write(await reader.readexactly(16))
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context(pki))
+        port = server.sockets[0].getsockname()[1]
+        cctx = client_context(pki)
+
+        async def cycle(i):
+            r, w = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=cctx, server_hostname="localhost"
+            )
+            msg = i.to_bytes(16, "little")
+            w.write(msg)
+            assert await r.readexactly(16) == msg
+            w.close()
+            await w.wait_closed()
+
+        async def batch(start, n, width=20):
+            for k in range(start, start + n, width):
+                await asyncio.gather(*(cycle(i) for i in range(k, k + width)))
+
+        await batch(0, 2_000)  # warm-up: caches, free lists, arenas
+        gc.collect()
+        fds, mem = len(os.listdir("/proc/self/fd")), rss()
+        await batch(2_000, 8_000)
+        gc.collect()
+        assert len(os.listdir("/proc/self/fd")) <= fds
+        assert rss() <= mem * 1.05, (mem, rss())
+        server.close()
+        await server.wait_closed()
+
+    run(main(), timeout=180)
