@@ -212,8 +212,17 @@ def run_all(loops, modules, jobs=2, **kwargs):
     return results
 
 
+class Exclusions(dict):
+    """{test id: reason}; ``optional``: the ids marked ``only_where_present``
+    (tests some Python versions do not have: their absence there is not a
+    stale exclusion)."""
+
+    optional = frozenset()
+
+
 def load_exclusions(loop, path=EXCLUSIONS):
-    """{test id: reason} from the [loop] table of exclusions.toml."""
+    """The [loop] table of exclusions.toml: a value is the written reason, or
+    a table ``{reason = "...", only_where_present = true}``."""
     try:
         import tomllib
     except ImportError:  # 3.10: the same parser, from PyPI
@@ -221,10 +230,18 @@ def load_exclusions(loop, path=EXCLUSIONS):
 
     with open(path, "rb") as f:
         table = tomllib.load(f).get(loop, {})
-    for test_id, reason in table.items():
-        if not isinstance(reason, str) or not reason.strip():
+    reasons, optional = {}, set()
+    for test_id, value in table.items():
+        if isinstance(value, dict):
+            if value.get("only_where_present"):
+                optional.add(test_id)
+            value = value.get("reason")
+        if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{path.name}: [{loop}] {test_id!r} needs a written reason")
-    return table
+        reasons[test_id] = value
+    reasons = Exclusions(reasons)
+    reasons.optional = frozenset(optional)
+    return reasons
 
 
 def passed(result, test_id):
@@ -256,7 +273,8 @@ def compare(results, loop, baseline, exclusions):
             ):
                 unverified.append(test_id)
         for test_id in exclusions:
-            if test_id.split(".")[0] == module and test_id not in ids:
+            absent = test_id.split(".")[0] == module and test_id not in ids
+            if absent and test_id not in getattr(exclusions, "optional", ()):
                 stale.append((test_id, "no such test", exclusions[test_id]))
         base_cats = [rec["category"] for rec in base["tests"].values()]
         rows.append(
