@@ -675,9 +675,13 @@ def test_write_after_close_warns_and_does_not_hang(loop, run, pki, caplog):
         await server.wait_closed()
 
     run(main())
-    assert any("SSL connection is closed" in r.getMessage() for r in caplog.records)
+    if sys.version_info >= (3, 11):  # 3.10's older SSLProtocol drops them silently
+        assert any("SSL connection is closed" in r.getMessage() for r in caplog.records)
 
 
+# 3.10's older SSLProtocol pauses the socket transport with the application
+# and waits for the peer's close_notify without reading: close() never ends.
+@since((3, 11), "shutting down a TLS connection whose reading is paused")
 def test_close_while_reading_is_paused_still_shuts_down(loop, run, pki):
     async def main():
         eof = loop.create_future()
