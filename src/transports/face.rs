@@ -23,6 +23,58 @@ use crate::event_loop::fastcall::{add_methods, guard, noargs, one_arg};
 /// Byte offset of the face's `_core` slot (0: not installed).
 static CORE_OFFSET: AtomicIsize = AtomicIsize::new(0);
 
+/// The object in the slot at byte `offset` of `obj` (0: not installed,
+/// `missing`: the message for an empty slot).
+///
+/// # Safety
+/// `offset` must be 0 or the offset of an object slot in `obj`'s layout
+/// (from `object_slot_offset` on a class `obj` is an instance of), and
+/// `obj` live, with the GIL held.
+pub(crate) unsafe fn slot_object<'a, 'py>(
+    py: Python<'py>,
+    obj: *mut ffi::PyObject,
+    offset: isize,
+    missing: &'static str,
+) -> PyResult<Borrowed<'a, 'py, PyAny>> {
+    if offset == 0 {
+        return Err(PyRuntimeError::new_err(
+            "ferroloop's native methods are not installed",
+        ));
+    }
+    // SAFETY: per the contract, the slot holds NULL or a strong reference.
+    let value = unsafe { *obj.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>() };
+    if value.is_null() {
+        return Err(PyRuntimeError::new_err(missing));
+    }
+    // SAFETY: a live object owned by the slot for the duration of the call.
+    Ok(unsafe { Borrowed::from_ptr(py, value) })
+}
+
+/// The byte offset of `ty`'s `__slots__` object member `name`.
+pub(crate) fn object_slot_offset(ty: &Bound<'_, PyType>, name: &str) -> PyResult<isize> {
+    let descr = ty.getattr(name)?;
+    // SAFETY: PyMemberDescr_Type is CPython's static type object; the type
+    // check guarantees the layout read below.
+    unsafe {
+        if ffi::PyObject_TypeCheck(descr.as_ptr(), &raw mut ffi::PyMemberDescr_Type) == 0 {
+            return Err(PyTypeError::new_err(format!(
+                "{name} must be a __slots__ member"
+            )));
+        }
+        // NOTE: CPython's `d_member` is a `PyMemberDef *` on every version;
+        // pyo3-ffi types it as `PyGetSetDef *` before 3.11, hence the cast.
+        let member = (*descr.as_ptr().cast::<ffi::PyMemberDescrObject>())
+            .d_member
+            .cast::<ffi::PyMemberDef>();
+        if (*member).type_code != ffi::Py_T_OBJECT_EX {
+            return Err(PyTypeError::new_err(format!(
+                "{name} must be an object slot"
+            )));
+        }
+        Ok((*member).offset)
+    }
+}
+
 /// The core in `face`'s `_core` slot.
 ///
 /// # Safety
@@ -32,21 +84,15 @@ unsafe fn core_of<'a, 'py>(
     py: Python<'py>,
     face: *mut ffi::PyObject,
 ) -> PyResult<Borrowed<'a, 'py, StreamTransport>> {
-    let offset = CORE_OFFSET.load(Ordering::Relaxed);
-    // SAFETY: `offset` is the `_core` member's offset in the face's layout
-    // (read from its member descriptor by `install_face`), and `face` is an
-    // instance of that class: the slot holds NULL or a strong reference.
+    // SAFETY: the offset is the face class's `_core` slot (install_face).
     let core = unsafe {
-        *face
-            .cast::<u8>()
-            .offset(offset)
-            .cast::<*mut ffi::PyObject>()
+        slot_object(
+            py,
+            face,
+            CORE_OFFSET.load(Ordering::Relaxed),
+            "the transport is not initialized",
+        )?
     };
-    if offset == 0 || core.is_null() {
-        return Err(PyRuntimeError::new_err("the transport is not initialized"));
-    }
-    // SAFETY: a live object owned by the slot for the duration of the call.
-    let core = unsafe { Borrowed::from_ptr(py, core) };
     core.cast::<StreamTransport>()
         .map_err(|_| PyTypeError::new_err("the transport's core is not a StreamTransport"))
 }
@@ -86,25 +132,8 @@ unsafe extern "C" fn face_is_closing(
 /// slot holds the core.
 #[pyfunction]
 pub(crate) fn install_face(ty: &Bound<'_, PyType>) -> PyResult<()> {
-    let py = ty.py();
-    let descr = ty.getattr(pyo3::intern!(py, "_core"))?;
-    // SAFETY: PyMemberDescr_Type is CPython's static type object; the type
-    // check guarantees the layout read below.
-    let offset = unsafe {
-        if ffi::PyObject_TypeCheck(descr.as_ptr(), &raw mut ffi::PyMemberDescr_Type) == 0 {
-            return Err(PyTypeError::new_err("_core must be a __slots__ member"));
-        }
-        // NOTE: CPython's `d_member` is a `PyMemberDef *` on every version;
-        // pyo3-ffi types it as `PyGetSetDef *` before 3.11, hence the cast.
-        let member = (*descr.as_ptr().cast::<ffi::PyMemberDescrObject>())
-            .d_member
-            .cast::<ffi::PyMemberDef>();
-        if (*member).type_code != ffi::Py_T_OBJECT_EX {
-            return Err(PyTypeError::new_err("_core must be an object slot"));
-        }
-        (*member).offset
-    };
-    CORE_OFFSET.store(offset as isize, Ordering::Relaxed);
+    let offset = object_slot_offset(ty, "_core")?;
+    CORE_OFFSET.store(offset, Ordering::Relaxed);
     add_methods(
         ty,
         vec![

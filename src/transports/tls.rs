@@ -47,6 +47,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::face::{object_slot_offset, slot_object};
 use super::stream::WritableBuffer;
 use crate::event_loop::fastcall::{add_methods, guard, noargs, one_arg};
 use crate::sock_io;
@@ -570,17 +571,20 @@ impl TlsCore {
 
     /// asyncio's `_do_handshake`, on the C SSL object: "again" flushes what
     /// the handshake wrote, an `SSLError` (or success) completes it.
-    fn do_handshake(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn do_handshake(
+        slf: &Bound<'_, Self>,
+        protocol: &Bound<'_, PyAny>,
+        dict: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let c = consts(py)?;
-        let dict = instance_dict(protocol)?;
-        let sslobj = slf.get().sslobj(&dict)?;
+        let sslobj = slf.get().sslobj(dict)?;
         match sslobj.call_method0(intern!(py, "do_handshake")) {
             Ok(_) => {
                 protocol.call_method1(intern!(py, "_on_handshake_complete"), (py.None(),))?;
             }
             Err(e) if e.matches(py, c.again_errors.bind(py))? => {
-                Self::process_outgoing(slf, protocol, &dict)?;
+                Self::process_outgoing(slf, protocol, dict)?;
             }
             Err(e) if e.matches(py, c.ssl_error.bind(py))? => {
                 protocol
@@ -717,28 +721,15 @@ unsafe fn slot_core<'a, 'py>(
     py: Python<'py>,
     protocol: *mut ffi::PyObject,
 ) -> PyResult<Borrowed<'a, 'py, TlsCore>> {
-    let offset = TLS_OFFSET.load(Ordering::Relaxed);
-    if offset == 0 {
-        return Err(PyRuntimeError::new_err(
-            "ferroloop's TLS path is not installed",
-        ));
-    }
-    // SAFETY: `offset` is the `_tls` member's offset in the class's layout
-    // (read from its member descriptor by `install_tls`), and `protocol` is
-    // an instance: the slot holds NULL or a strong reference.
+    // SAFETY: the offset is the protocol class's `_tls` slot (install_tls).
     let core = unsafe {
-        *protocol
-            .cast::<u8>()
-            .offset(offset)
-            .cast::<*mut ffi::PyObject>()
-    };
-    if core.is_null() {
-        return Err(PyRuntimeError::new_err(
+        slot_object(
+            py,
+            protocol,
+            TLS_OFFSET.load(Ordering::Relaxed),
             "the TLS protocol is not initialized",
-        ));
-    }
-    // SAFETY: a live object owned by the slot for the duration of the call.
-    let core = unsafe { Borrowed::from_ptr(py, core) };
+        )?
+    };
     core.cast::<TlsCore>()
         .map_err(|_| PyTypeError::new_err("_tls is not a TlsCore"))
 }
@@ -804,71 +795,59 @@ fn app_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<
     }
 }
 
-unsafe extern "C" fn protocol_do_read_copied(
-    slf: *mut ffi::PyObject,
-    _: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: METH_NOARGS method of the protocol class (the descriptor
-    // checked the type), GIL held.
+/// A `TlsCore` operation on (core, protocol, the protocol's instance dict).
+type ProtocolOp =
+    for<'py> fn(&Bound<'py, TlsCore>, &Bound<'py, PyAny>, &Bound<'py, PyDict>) -> PyResult<()>;
+
+/// A METH_NOARGS method of the protocol class running `f` on its core,
+/// itself and its instance dict.
+///
+/// # Safety
+/// `slf` must be an instance of the protocol class (the method descriptor
+/// checks that), with the GIL held.
+unsafe fn protocol_noargs(slf: *mut ffi::PyObject, f: ProtocolOp) -> *mut ffi::PyObject {
+    // SAFETY: per the contract.
     unsafe {
         guard(|py| {
             let core = slot_core(py, slf)?;
             let protocol = Borrowed::from_ptr(py, slf);
             let dict = instance_dict(&protocol)?;
-            TlsCore::read_copied(&core, &protocol, &dict)?;
+            f(&core, &protocol, &dict)?;
             Ok(py.None().into_ptr())
         })
     }
+}
+
+unsafe extern "C" fn protocol_do_read_copied(
+    slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: METH_NOARGS method of the protocol class, GIL held.
+    unsafe { protocol_noargs(slf, TlsCore::read_copied) }
 }
 
 unsafe extern "C" fn protocol_do_read_buffered(
     slf: *mut ffi::PyObject,
     _: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: METH_NOARGS method of the protocol class (the descriptor
-    // checked the type), GIL held.
-    unsafe {
-        guard(|py| {
-            let core = slot_core(py, slf)?;
-            let protocol = Borrowed::from_ptr(py, slf);
-            let dict = instance_dict(&protocol)?;
-            TlsCore::read_buffered(&core, &protocol, &dict)?;
-            Ok(py.None().into_ptr())
-        })
-    }
+    // SAFETY: METH_NOARGS method of the protocol class, GIL held.
+    unsafe { protocol_noargs(slf, TlsCore::read_buffered) }
 }
 
 unsafe extern "C" fn protocol_process_outgoing(
     slf: *mut ffi::PyObject,
     _: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: METH_NOARGS method of the protocol class (the descriptor
-    // checked the type), GIL held.
-    unsafe {
-        guard(|py| {
-            let core = slot_core(py, slf)?;
-            let protocol = Borrowed::from_ptr(py, slf);
-            let dict = instance_dict(&protocol)?;
-            TlsCore::process_outgoing(&core, &protocol, &dict)?;
-            Ok(py.None().into_ptr())
-        })
-    }
+    // SAFETY: METH_NOARGS method of the protocol class, GIL held.
+    unsafe { protocol_noargs(slf, TlsCore::process_outgoing) }
 }
 
 unsafe extern "C" fn protocol_do_handshake(
     slf: *mut ffi::PyObject,
     _: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: METH_NOARGS method of the protocol class (the descriptor
-    // checked the type), GIL held.
-    unsafe {
-        guard(|py| {
-            let core = slot_core(py, slf)?;
-            let protocol = Borrowed::from_ptr(py, slf);
-            TlsCore::do_handshake(&core, &protocol)?;
-            Ok(py.None().into_ptr())
-        })
-    }
+    // SAFETY: METH_NOARGS method of the protocol class, GIL held.
+    unsafe { protocol_noargs(slf, TlsCore::do_handshake) }
 }
 
 /// Installs the native path for `protocol_type` (`ferroloop._tls.SSLProtocol`,
@@ -885,23 +864,8 @@ pub(crate) fn install_tls(
     ssl_object: Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = protocol_type.py();
-    let descr = protocol_type.getattr(intern!(py, "_tls"))?;
-    // SAFETY: PyMemberDescr_Type is CPython's static type object; the type
-    // check guarantees the layout read below.
-    let offset = unsafe {
-        if ffi::PyObject_TypeCheck(descr.as_ptr(), &raw mut ffi::PyMemberDescr_Type) == 0 {
-            return Err(PyTypeError::new_err("_tls must be a __slots__ member"));
-        }
-        // NOTE: see face.rs's install_face for the cast.
-        let member = (*descr.as_ptr().cast::<ffi::PyMemberDescrObject>())
-            .d_member
-            .cast::<ffi::PyMemberDef>();
-        if (*member).type_code != ffi::Py_T_OBJECT_EX {
-            return Err(PyTypeError::new_err("_tls must be an object slot"));
-        }
-        (*member).offset
-    };
-    TLS_OFFSET.store(offset as isize, Ordering::Relaxed);
+    let offset = object_slot_offset(protocol_type, "_tls")?;
+    TLS_OFFSET.store(offset, Ordering::Relaxed);
     let _ = CONSTS.set(
         py,
         Consts {
