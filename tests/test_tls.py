@@ -6,7 +6,9 @@ native core (``src/transports/tls.rs``); these tests hold that path to
 asyncio's behaviour: every byte delivered in order (Protocol and
 BufferedProtocol, large transfers, bursts of records), flow control, close
 flushing before close_notify, what the user's SSLContext holds (ALPN, client
-certificates, verification, session reuse), TLS over TLS, many connections.
+certificates, verification, session reuse, SNI callback, key log), TLS over
+TLS and over Unix sockets, sendfile, the handshake timeout, many
+connections. The edges of a connection's life are in test_tls_lifecycle.py.
 """
 
 import asyncio
@@ -671,3 +673,104 @@ def test_connect_close_cycles_leave_nothing_behind(loop, run, pki):
         await server.wait_closed()
 
     run(main(), timeout=180)
+
+
+def test_sni_callback_and_keylog_file(loop, run, pki, tmp_path):
+    """What the contexts hold is used: the server's sni_callback sees the
+    client's server_hostname and can swap the context; the client's
+    keylog_filename gets the session's secrets."""
+
+    async def main():
+        seen = []
+        sctx = server_context(pki)
+        other = server_context(pki)
+        other.set_alpn_protocols(["swapped"])
+
+        def sni(sslobj, name, ctx):
+            seen.append(name)
+            sslobj.context = other
+
+        sctx.sni_callback = sni
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=sctx)
+        port = server.sockets[0].getsockname()[1]
+        cctx = client_context(pki)
+        cctx.set_alpn_protocols(["swapped"])
+        cctx.keylog_filename = str(tmp_path / "keys")
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=cctx, server_hostname="localhost"
+        )
+        assert w.get_extra_info("ssl_object").selected_alpn_protocol() == "swapped"
+        assert await r.read() == b""
+        w.close()
+        await w.wait_closed()
+        assert seen == ["localhost"]
+        keys = (tmp_path / "keys").read_text()
+        assert "CLIENT_HANDSHAKE_TRAFFIC_SECRET" in keys or "CLIENT_RANDOM" in keys
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_unix_socket_tls_and_sendfile(loop, run, pki, tmp_path):
+    """TLS over a Unix socket (create_unix_server / open_unix_connection),
+    with loop.sendfile() on the TLS transport (asyncio's read-and-write
+    fallback): every byte of the file arrives."""
+    data = pattern(3 * MIB + 17, seed=5)
+    (tmp_path / "file").write_bytes(data)
+    path = str(tmp_path / "sock")
+
+    async def main():
+        sent = loop.create_future()
+
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport):
+                task = loop.create_task(self.send(transport))
+                task.add_done_callback(lambda t: sent.set_result(t.result()))
+
+            async def send(self, transport):
+                n = await loop.sendfile(transport, f)
+                transport.close()
+                return n
+
+        server = await loop.create_unix_server(Server, path, ssl=server_context(pki))
+        r, w = await asyncio.open_unix_connection(
+            path, ssl=client_context(pki), server_hostname="localhost"
+        )
+        got = await asyncio.wait_for(r.read(), 20)
+        assert await sent == len(data)
+        assert got == data
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    with open(tmp_path / "file", "rb") as f:
+        run(main(), timeout=30)
+
+
+def test_handshake_timeout(loop, run, pki):
+    """A server that accepts but never answers the ClientHello: the client's
+    ssl_handshake_timeout aborts with ConnectionAbortedError, no fd left."""
+    import socket
+
+    async def main():
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        before = len(os.listdir("/proc/self/fd"))
+        start = loop.time()
+        with pytest.raises(ConnectionAbortedError, match="SSL handshake is taking longer"):
+            await loop.create_connection(
+                asyncio.Protocol,
+                "127.0.0.1",
+                port,
+                ssl=client_context(pki),
+                server_hostname="localhost",
+                ssl_handshake_timeout=0.3,
+            )
+        assert 0.25 <= loop.time() - start < 5
+        await asyncio.sleep(0.05)
+        assert len(os.listdir("/proc/self/fd")) <= before
+        listener.close()
+
+    run(main())
