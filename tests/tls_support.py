@@ -1,7 +1,7 @@
 """What the TLS tests share: certificates made at test time (trustme: a
 CA, server and client certificates, an expired one), contexts built from
-them, and protocols that hash what they receive or send a payload under
-flow control."""
+them, protocols that hash what they receive or send a payload under flow
+control, and ThreadPeer, a blocking peer in a thread."""
 
 import asyncio
 import datetime
