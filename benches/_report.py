@@ -17,14 +17,38 @@ def csv(value, valid):
     return names
 
 
+# ferroloop with its metrics switched by FERROLOOP_METRICS (see
+# src/metrics/mod.rs): the loops the metrics-overhead comparison adds.
+METRICS_VARIANTS = {"ferroloop-off": "0", "ferroloop-precise": "precise"}
+
+
+def package(name):
+    """The package a loop name imports (a metrics variant is ferroloop)."""
+    return "ferroloop" if name in METRICS_VARIANTS else name
+
+
+def apply_variant(name):
+    """Sets FERROLOOP_METRICS for a metrics variant, before its loop is made."""
+    import os
+
+    if name in METRICS_VARIANTS:
+        os.environ["FERROLOOP_METRICS"] = METRICS_VARIANTS[name]
+    else:
+        os.environ.pop("FERROLOOP_METRICS", None)
+
+
 def version(name):
     """What ran: the interpreter for asyncio, else the package's version."""
     if name == "asyncio":
         return "CPython " + platform.python_version()
+    pkg = package(name)
     try:
-        return f"{name} {importlib.metadata.version(name)}"
+        v = f"{pkg} {importlib.metadata.version(pkg)}"
     except importlib.metadata.PackageNotFoundError:
-        return name
+        v = pkg
+    if name in METRICS_VARIANTS:
+        v += f" (FERROLOOP_METRICS={METRICS_VARIANTS[name]})"
+    return v
 
 
 def stats(vals):

@@ -17,6 +17,8 @@ import sys
 import threading
 from time import perf_counter
 
+from _report import METRICS_VARIANTS, apply_variant, package
+
 
 def check(ok, what):
     # Not `assert`: verification must also happen under `python -O`.
@@ -213,14 +215,16 @@ BENCHES = {
     "executor": (bench_executor, 10**4),
 }
 
-LOOPS = ("asyncio", "uvloop", "ferroloop")
+DEFAULT_LOOPS = ("asyncio", "uvloop", "ferroloop")
+LOOPS = (*DEFAULT_LOOPS, *METRICS_VARIANTS)
 
 
 def new_loop(name):
+    apply_variant(name)
     if name == "asyncio":
         return asyncio.new_event_loop()
-    if name in ("uvloop", "ferroloop"):
-        return __import__(name).new_event_loop()
+    if name in LOOPS:
+        return __import__(package(name)).new_event_loop()
     raise SystemExit(f"unknown loop {name!r}; choose from {', '.join(LOOPS)}")
 
 

@@ -20,9 +20,10 @@ import sys
 
 sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 _worker = importlib.import_module("_worker")
-from _report import csv, save_json, version
+from _report import csv, package, save_json, version
 
 BENCHES, LOOPS = _worker.BENCHES, _worker.LOOPS
+DEFAULT_LOOPS = _worker.DEFAULT_LOOPS
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 
@@ -87,7 +88,7 @@ def main():
     p.add_argument(
         "--loops",
         type=lambda s: csv(s, LOOPS),
-        default=list(LOOPS),
+        default=list(DEFAULT_LOOPS),
         help="comma-separated loops (default: all installed)",
     )
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
@@ -102,7 +103,7 @@ def main():
 
     loops, notes = [], []
     for loop in args.loops:
-        if loop == "asyncio" or importlib.util.find_spec(loop) is not None:
+        if loop == "asyncio" or importlib.util.find_spec(package(loop)) is not None:
             loops.append(loop)
         else:
             notes.append(f"note: {loop} not installed, skipped")

@@ -1,7 +1,7 @@
 //! `Handle` and `TimerHandle`: what `call_soon` / `call_later` return and what
 //! the ready queue holds.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use parking_lot::Mutex;
 use pyo3::ffi;
@@ -27,6 +27,8 @@ pub struct Handle {
     context: Py<PyAny>,
     event_loop: Py<EventLoop>,
     cancelled: AtomicBool,
+    /// What scheduled it (`metrics::Kind`), for the loop's callback counts.
+    kind: AtomicU8,
     /// `format_helpers.extract_stack()` at creation, in debug mode only.
     source_traceback: Option<Py<PyAny>>,
     /// The repr kept on cancel in debug mode (asyncio's `_repr`).
@@ -57,9 +59,20 @@ impl Handle {
             context,
             event_loop,
             cancelled: AtomicBool::new(false),
+            kind: AtomicU8::new(crate::metrics::Kind::Ready as u8),
             source_traceback,
             repr_cache: Mutex::new(None),
         }
+    }
+
+    #[inline]
+    pub(crate) fn kind(&self) -> crate::metrics::Kind {
+        crate::metrics::Kind::from_u8(self.kind.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    pub(crate) fn set_kind(&self, kind: crate::metrics::Kind) {
+        self.kind.store(kind as u8, Ordering::Relaxed);
     }
 
     #[inline]
@@ -182,6 +195,12 @@ pub(crate) fn release<T>(py: Python<'_>, obj: Py<T>) {
 }
 
 impl TimerHandle {
+    /// The deadline on the loop's clock.
+    #[inline]
+    pub(crate) fn when_secs(&self) -> f64 {
+        self.when
+    }
+
     pub(crate) fn new(when: f64, when_obj: Option<Py<PyAny>>) -> Self {
         Self {
             when,

@@ -7,6 +7,7 @@ mod executor;
 mod freelist;
 mod handles;
 mod io;
+mod metrics;
 mod py;
 mod ready_queue;
 mod sock_io;
@@ -42,6 +43,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transports::face::install_face, m)?)?;
     m.add_function(wrap_pyfunction!(transports::tls::install_tls, m)?)?;
     m.add_class::<transports::tls::TlsCore>()?;
+    m.add_class::<metrics::serve::MetricsServer>()?;
+    m.add_function(wrap_pyfunction!(metrics::py_openmetrics, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::py_python_exiting, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::py_histogram_bound, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -62,25 +62,44 @@ fn classify(rc: isize) -> IoResult {
     }
 }
 
+/// Counts bytes sent for the loop running in this thread (see `metrics`).
+#[inline]
+fn sent(r: IoResult) -> IoResult {
+    if let IoResult::Done(n) = r {
+        crate::metrics::count_sent(n);
+    }
+    r
+}
+
+#[inline]
+fn received(r: IoResult) -> IoResult {
+    if let IoResult::Done(n) = r {
+        crate::metrics::count_received(n);
+    }
+    r
+}
+
 /// Non-blocking `send(2)` (no SIGPIPE).
 pub fn send(fd: RawFd, data: &[u8]) -> IoResult {
     // SAFETY: `data` is a valid readable slice for the call; a bad fd is
     // reported as EBADF.
-    classify(unsafe {
+    sent(classify(unsafe {
         libc::send(
             fd,
             data.as_ptr().cast(),
             data.len(),
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
-    })
+    }))
 }
 
 /// Non-blocking `recv(2)`.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> IoResult {
     // SAFETY: `buf` is a valid writable slice for the call; a bad fd is
     // reported as EBADF.
-    classify(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+    received(classify(unsafe {
+        libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+    }))
 }
 
 /// `io(fd, buf)` (recv or read) of up to `n` bytes into the scratch
@@ -125,14 +144,18 @@ pub fn write(fd: RawFd, data: &[u8]) -> IoResult {
     // SAFETY: `data` is a valid readable slice for the call; a bad fd is
     // reported as EBADF. SIGPIPE is ignored by Python, so a closed reader
     // is EPIPE.
-    classify(unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) })
+    sent(classify(unsafe {
+        libc::write(fd, data.as_ptr().cast(), data.len())
+    }))
 }
 
 /// Non-blocking `read(2)` (asyncio's pipe transports `os.read`).
 pub fn read(fd: RawFd, buf: &mut [u8]) -> IoResult {
     // SAFETY: `buf` is a valid writable slice for the call; a bad fd is
     // reported as EBADF.
-    classify(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+    received(classify(unsafe {
+        libc::read(fd, buf.as_mut_ptr().cast(), buf.len())
+    }))
 }
 
 /// `os.read(fd, n)`; None if it would block.

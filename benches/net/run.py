@@ -37,7 +37,7 @@ sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 from server import HTTP_BODY  # benches/net/ is sys.path[0]
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _report import csv, render, save_json, stats  # benches/_report.py
+from _report import METRICS_VARIANTS, csv, package, render, save_json, stats  # benches/_report.py
 from _report import version as package_version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,7 +45,8 @@ SERVER = os.path.join(HERE, "server.py")
 LOADGEN = os.path.join(HERE, "loadgen", "target", "release", "loadgen")
 NATIVE = os.path.join(HERE, "native", "target", "release", "native-echo")
 
-PY_LOOPS = ("asyncio", "uvloop", "ferroloop")
+PY_LOOPS = ("asyncio", "uvloop", "ferroloop", *METRICS_VARIANTS)
+DEFAULT_LOOPS = ("asyncio", "uvloop", "ferroloop", "native")
 LOOPS = (*PY_LOOPS, "native")
 # The class each loop's factory must produce (checked in the server's READY
 # line, so a shadowing module or a fallback loop cannot pass for the real one).
@@ -53,6 +54,7 @@ LOOP_CLASS = {
     "asyncio": "asyncio.unix_events._UnixSelectorEventLoop",
     "uvloop": "uvloop.Loop",
     "ferroloop": "ferroloop._loop.Loop",
+    **{name: "ferroloop._loop.Loop" for name in METRICS_VARIANTS},
 }
 KIB = 1024
 TLS_SERVER_NAME = "localhost"  # the name the server certificate is made for and checked against
@@ -733,7 +735,7 @@ def make_plan(args, notes, tmpdir):
             if built["native"]:
                 loops.append(lp)
             continue
-        err = None if lp == "asyncio" else importable(lp)
+        err = None if lp == "asyncio" else importable(package(lp))
         if err:
             notes.append(f"note: {lp} skipped: import failed: {err}")
         else:
@@ -799,8 +801,10 @@ def main():
     p.add_argument(
         "--loops",
         type=select_loops,
-        default=list(LOOPS),
-        help="comma-separated loops: " + ",".join(LOOPS) + " (native: the ceiling)",
+        default=list(DEFAULT_LOOPS),
+        help="comma-separated loops: "
+        + ",".join(LOOPS)
+        + " (native: the ceiling; ferroloop-off/-precise: FERROLOOP_METRICS=0/precise)",
     )
     p.add_argument("--duration", type=float, default=3.0, help="measured seconds per sample")
     p.add_argument("--warmup", type=float, default=0.5, help="echo: unmeasured seconds first")

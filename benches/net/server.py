@@ -31,7 +31,12 @@ import socket
 import ssl
 import sys
 
-LOOPS = ("asyncio", "uvloop", "ferroloop")
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# ferroloop-off / ferroloop-precise: ferroloop with FERROLOOP_METRICS=0 /
+# precise (the metrics-overhead comparison, benches/README.md).
+from _report import METRICS_VARIANTS, apply_variant, package
+
+LOOPS = ("asyncio", "uvloop", "ferroloop", *METRICS_VARIANTS)
 KINDS = ("sock", "streams", "protocol", "http", "uvicorn")
 TLS_KINDS = ("streams", "protocol", "uvicorn")
 BACKLOG = 1024
@@ -45,6 +50,8 @@ HTTP_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length:
 
 
 def new_loop(name):
+    apply_variant(name)
+    name = package(name)
     if name == "asyncio":
         return asyncio.new_event_loop()  # default policy: the selector loop on Linux
     if name == "uvloop":

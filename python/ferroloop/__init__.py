@@ -30,19 +30,50 @@ if _sys.version_info >= (3, 15):
     )
 
 import asyncio as _asyncio
+import atexit as _atexit
 
-from . import _ferroloop
+from . import _ferroloop, metrics
 from ._loop import Loop
 from ._policy import EventLoopPolicy
+from ._stats import Histogram, LoopStats, SlowCallback, Utilization
 
 __version__: str = _ferroloop.__version__
 
-__all__ = ("EventLoopPolicy", "Loop", "__version__", "install", "new_event_loop", "run")
+__all__ = (
+    "EventLoopPolicy",
+    "Histogram",
+    "Loop",
+    "LoopStats",
+    "SlowCallback",
+    "Utilization",
+    "__version__",
+    "install",
+    "metrics",
+    "new_event_loop",
+    "run",
+    "slow_callbacks",
+)
+
+# The slow-callback watchdog (a native thread) captures stacks through
+# Python: it must stop before the interpreter finalizes.
+_atexit.register(_ferroloop._python_exiting)
 
 
 def new_event_loop() -> Loop:
     """Return a new ferroloop event loop."""
     return Loop()
+
+
+def slow_callbacks(loop: Loop | None = None) -> list[SlowCallback]:
+    """The last 256 callbacks of ``loop`` (default: the running loop) that ran
+    past its slow-callback threshold, oldest first."""
+    if loop is None:
+        loop = _asyncio.get_running_loop()
+    if not isinstance(loop, Loop):
+        raise TypeError(f"slow_callbacks() needs a ferroloop loop, got {loop!r}")
+    from ._stats import records
+
+    return records(loop)
 
 
 def install() -> None:

@@ -19,7 +19,7 @@ import warnings
 import weakref
 from asyncio import coroutines, events, format_helpers, futures, tasks
 
-from . import _ferroloop
+from . import _ferroloop, _stats
 from ._compat import iscoroutinefunction
 from ._network import NetworkMixin
 from ._signals import SignalsMixin
@@ -121,6 +121,7 @@ class Loop(
         "_old_agen_hooks",
         "_signal_handlers",
         "_signal_socks",
+        "_slow_callback_handler",
         "_transports",
         "_unix_server_sockets",
         "slow_callback_duration",
@@ -146,6 +147,8 @@ class Loop(
         self._unix_server_sockets = {}
         # The pidfds of the children whose exit the loop watches.
         self._child_pidfds = set()
+        # Called (later, on the loop) with each SlowCallback record.
+        self._slow_callback_handler = None
         # In debug mode, a callback or task step longer than this (seconds)
         # is logged.
         self.slow_callback_duration = 0.1
@@ -260,6 +263,33 @@ class Loop(
                 self.close()
 
     # -- debug mode ----------------------------------------------------------
+
+    # --- observability (src/metrics, ferroloop._stats) ---
+
+    def stats(self) -> _stats.LoopStats:
+        """A snapshot of the loop's metrics (see ``ferroloop.LoopStats``)."""
+        return _stats.LoopStats._from_raw(self, self._stats_raw())
+
+    def utilization(self, previous=None) -> _stats.Utilization:
+        """Node.js's ``eventLoopUtilization()``: idle and active seconds since
+        the loop was created (or since ``previous``, an earlier result), and
+        the active share."""
+        return _stats.utilization(self._stats_raw(), previous)
+
+    def set_slow_callback_handler(self, callback, threshold=None):
+        """Call ``callback(record)`` (later, on the loop) for every callback
+        that runs longer than ``threshold`` seconds (default: the current
+        threshold, initially 0.05; at least 0.001). ``None`` removes the
+        handler; records are kept either way (``ferroloop.slow_callbacks``)."""
+        if callback is not None and not callable(callback):
+            raise TypeError(f"a callable object or None is expected, got {callback!r}")
+        if threshold is not None:
+            self._set_slow_threshold(threshold)
+        self._slow_callback_handler = callback
+
+    def set_metrics_precise(self, enabled):
+        """Precise mode: time every callback (``stats().callback_duration``)."""
+        self._set_precise_metrics(bool(enabled))
 
     def set_debug(self, enabled):
         self._set_debug_flag(bool(enabled))
@@ -569,6 +599,11 @@ def _check_callback(callback, method):
         raise TypeError(f"coroutines cannot be used with {method}()")
     if not callable(callback):
         raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+
+
+# Called by the native loop (src/event_loop/tick.rs, src/metrics/slow.rs).
+_slow_callback = _stats.slow_callback
+_capture_stack = _stats.capture_stack
 
 
 def _extract_stack():

@@ -89,10 +89,12 @@ impl EventLoop {
                 "This event loop is already running",
             ));
         }
+        self.metrics_enter_running();
         Ok(())
     }
 
     fn _leave_running(&self) {
+        self.metrics_leave_running();
         self.stopping.store(false, Ordering::Relaxed);
         self.thread_id.store(0, Ordering::Release);
     }
@@ -157,6 +159,7 @@ impl EventLoop {
     /// it is cancelled, and wake the loop.
     fn _add_callback(&self, handle: Bound<'_, Handle>) -> PyResult<()> {
         if !handle.get().is_cancelled() {
+            handle.get().set_kind(crate::metrics::Kind::Threadsafe);
             let mut core = self.core.lock();
             if self.closed_flag() {
                 return Ok(()); // asyncio's closed loop drops it too
@@ -257,6 +260,46 @@ impl EventLoop {
     /// Number of entries in the timer heap (asyncio's `len(loop._scheduled)`).
     fn _scheduled_count(&self) -> usize {
         self.core.lock().timers.len()
+    }
+
+    /// The raw metrics snapshot (`ferroloop._stats.LoopStats` shapes it).
+    fn _stats_raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.stats_raw(py)
+    }
+
+    fn _slow_records<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyList>> {
+        self.slow_records(py)
+    }
+
+    fn _clear_slow_records(&self) {
+        self.metrics.slow.clear();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (start, duration, kind, repr, task, coro, started_at, location, stack))]
+    fn _push_slow_record(
+        &self,
+        start: f64,
+        duration: f64,
+        kind: &str,
+        repr: String,
+        task: Option<String>,
+        coro: Option<String>,
+        started_at: Option<String>,
+        location: Option<String>,
+        stack: Option<String>,
+    ) {
+        self.push_slow_record(
+            start, duration, kind, repr, task, coro, started_at, location, stack,
+        );
+    }
+
+    fn _set_slow_threshold(&self, seconds: f64) -> PyResult<()> {
+        self.set_slow_threshold(seconds)
+    }
+
+    fn _set_precise_metrics(&self, enabled: bool) {
+        self.metrics.precise.store(enabled, Ordering::Relaxed);
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -86,7 +86,9 @@ impl EventLoop {
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
         slf.get().check_usable()?;
-        let handle = Bound::new(py, Self::make_handle(slf, callback, args, None)?)?;
+        let handle = Self::make_handle(slf, callback, args, None)?;
+        handle.set_kind(crate::metrics::Kind::Io);
+        let handle = Bound::new(py, handle)?;
         // Long-lived and shared with the caller: the GC must see it.
         handles::track(handle.as_any());
         Self::add_watcher(slf, fd, dir, Watcher::Handle(handle.clone().unbind()))?;
@@ -196,7 +198,10 @@ impl EventLoop {
                 ready, watchers, ..
             } = &mut *core;
             let mut n = 0;
+            let (mut reads, mut writes) = (0, 0);
             for &event in events {
+                reads += event.1 as u64;
+                writes += event.2 as u64;
                 n += watchers.on_ready(
                     self.epoll_fd,
                     event,
@@ -208,6 +213,8 @@ impl EventLoop {
             if n > 0 {
                 self.io_sources.fetch_sub(n, Ordering::Relaxed);
             }
+            self.metrics.fd_read_events.add(reads);
+            self.metrics.fd_write_events.add(writes);
         }
         // Released after the lock: freeing a handle may run Python code.
         for w in dropped {

@@ -10,6 +10,7 @@ pub(crate) mod fastcall;
 mod fd_watch;
 mod ready;
 pub(crate) mod sock_recv;
+mod stats;
 mod tasks;
 mod tick;
 pub(crate) mod watcher;
@@ -29,6 +30,7 @@ use crate::handles::{self, TimerHandle};
 use crate::io::fd_set::FdSet;
 use crate::io::fd_watchers::FdWatchers;
 use crate::io::poller::{IoEvent, Poller};
+use crate::metrics::LoopMetrics;
 use crate::ready_queue::ReadyQueue;
 use crate::timers::TimerHeap;
 use watcher::{Ready, Watcher};
@@ -99,8 +101,15 @@ pub struct EventLoop {
     pub(crate) io_events: Mutex<Vec<IoEvent>>,
     /// The last poll returned user fd events (see `wait_for_work`).
     pub(crate) io_busy: AtomicBool,
+    /// Always-on counters and histograms (see `metrics`).
+    pub(crate) metrics: Arc<LoopMetrics>,
     fork_generation: u64,
     creator_pid: u32,
+}
+
+/// The current fork generation (bumped in every forked child).
+pub(crate) fn fork_generation() -> u64 {
+    FORK_GENERATION.load(Ordering::Relaxed)
 }
 
 impl EventLoop {
@@ -124,6 +133,7 @@ impl EventLoop {
             task_factory: Mutex::new(None),
             io_events: Mutex::new(Vec::new()),
             io_busy: AtomicBool::new(false),
+            metrics: LoopMetrics::new(FORK_GENERATION.load(Ordering::Relaxed)),
             fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
             creator_pid: std::process::id(),
         })
@@ -172,6 +182,27 @@ impl EventLoop {
         ))
     }
 
+    /// The loop starts running in this thread: its metrics name the thread,
+    /// count this thread's socket bytes, and the watchdog watches it.
+    pub(crate) fn metrics_enter_running(&self) {
+        let m = &self.metrics;
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u64;
+        m.thread_ident
+            .store(crate::py::thread_ident(), Ordering::Relaxed);
+        m.native_thread.store(tid, Ordering::Release);
+        crate::metrics::set_current(Some(m));
+        if m.enabled {
+            crate::metrics::slow::ensure_watchdog();
+        }
+    }
+
+    pub(crate) fn metrics_leave_running(&self) {
+        crate::metrics::set_current(None);
+        self.metrics.native_thread.store(0, Ordering::Release);
+        self.metrics.thread_ident.store(0, Ordering::Relaxed);
+    }
+
     /// asyncio's `_check_thread` (debug mode only).
     pub(crate) fn check_thread(&self) -> PyResult<()> {
         let tid = self.thread_id.load(Ordering::Acquire);
@@ -190,6 +221,7 @@ impl EventLoop {
         // watcher registration, which checks `closed` under the lock, never
         // uses a closed epoll fd.
         self.closed.store(true, Ordering::Release);
+        self.metrics.closed.store(true, Ordering::Release);
         let (ready, timers, watchers) = {
             let mut core = self.core.lock();
             (

@@ -19,6 +19,7 @@ use super::watcher::Ready;
 use super::EventLoop;
 use crate::clock;
 use crate::handles::{self, Handle, TimerHandle};
+use crate::metrics::Kind;
 use crate::py;
 
 /// A delay or deadline as a float, computed as asyncio computes it.
@@ -93,7 +94,11 @@ impl EventLoop {
             };
             Self::debug_checks(slf, &callback, method, !threadsafe)?;
         }
-        let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, context)?)?;
+        let handle = Self::make_handle(slf, callback, args, context)?;
+        if threadsafe {
+            handle.set_kind(Kind::Threadsafe);
+        }
+        let handle = Bound::new(slf.py(), handle)?;
         handles::untrack(handle.as_any());
         {
             let mut core = this.core.lock();
@@ -116,6 +121,7 @@ impl EventLoop {
         if self.sleeping.swap(false, Ordering::SeqCst) {
             // A failed wake (eventfd full) still leaves the fd readable.
             let _ = self.waker.wake();
+            self.metrics.wakeups.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -135,6 +141,7 @@ impl EventLoop {
             Self::debug_checks(slf, &callback, method, true)?;
         }
         let base = Self::make_handle(slf, callback, args, context)?;
+        base.set_kind(Kind::Timer);
         let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, when_obj));
         let timer = Bound::new(slf.py(), init)?;
         handles::untrack(timer.as_any());
@@ -145,6 +152,7 @@ impl EventLoop {
             }
             core.timers.push(when, timer.clone().unbind());
         }
+        this.metrics.timers_scheduled.add(1);
         // A timer added from another thread must re-arm a sleeping loop.
         if this.sleeping.load(Ordering::Relaxed) {
             this.wake();

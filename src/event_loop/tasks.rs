@@ -25,6 +25,7 @@ impl EventLoop {
         let py = slf.py();
         let this = slf.get();
         this.check_usable()?;
+        this.metrics.tasks_created.add(1);
         let has_factory = this.task_factory.lock().is_some();
         if has_factory || kwargs.is_some() {
             return py::call_helper(py, "_create_task_slow", (slf, coro, name, context, kwargs));

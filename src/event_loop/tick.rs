@@ -18,6 +18,8 @@ use crate::clock;
 use crate::errors;
 use crate::handles::{self, Handle, TimerHandle};
 use crate::io::poller::{IoEvent, PollOutcome};
+use crate::metrics::clock as mclock;
+use crate::metrics::{Kind, LoopMetrics};
 use crate::py;
 use crate::timers;
 use crate::transports::stream::StreamTransport;
@@ -85,6 +87,7 @@ impl EventLoop {
     /// drops a cancelled timer is not observable through public API.
     pub(crate) fn timer_was_cancelled(&self, py: Python<'_>) {
         self.timer_cancelled.fetch_add(1, Ordering::Relaxed);
+        self.metrics.timers_cancelled.add(1);
         let removed = {
             let mut core = self.core.lock();
             self.compact_locked(py, &mut core)
@@ -119,6 +122,7 @@ impl EventLoop {
             if !must_poll_io {
                 return Ok(PollOutcome::default());
             }
+            self.metrics.polls.add(1);
             return self.poll(Some(Duration::ZERO), io);
         }
         let mut guard = self.poller.lock();
@@ -131,6 +135,7 @@ impl EventLoop {
             // events), the next event is often already there: a zero-timeout
             // poll finds it without releasing and re-taking the GIL. An idle
             // loop goes straight to the blocking poll.
+            self.metrics.polls.add(1);
             let outcome = poller.poll(Some(Duration::ZERO), io);
             if outcome
                 .as_ref()
@@ -147,7 +152,20 @@ impl EventLoop {
                 return Err(errors::os_error(e));
             }
         }
+        let m = &self.metrics;
+        m.polls.add(1);
+        m.polls_blocking.add(1);
+        let before = if m.enabled {
+            mclock::now()
+        } else {
+            mclock::Stamp::ZERO
+        };
         let res = py.detach(|| poller.poll(None, io));
+        if m.enabled {
+            let waited = mclock::elapsed_ns(before, mclock::now());
+            m.idle_ns.add(waited);
+            m.poll_wait_ns.record(waited);
+        }
         self.sleeping.store(false, Ordering::SeqCst);
         self.io_busy.store(!io.is_empty(), Ordering::Relaxed);
         res.map_err(errors::os_error)
@@ -173,6 +191,8 @@ impl EventLoop {
                 timer.get().set_unscheduled();
                 if timer_cancelled(py, &timer) {
                     self.uncount_cancelled_timer();
+                } else {
+                    self.metrics.timers_fired.add(1);
                 }
                 core.ready
                     .push(Ready::Handle(timer.into_bound(py).into_super().unbind()));
@@ -184,6 +204,16 @@ impl EventLoop {
     pub(crate) fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let m = &*this.metrics;
+        let on = m.enabled;
+        let now = || {
+            if on {
+                mclock::now()
+            } else {
+                mclock::Stamp::ZERO
+            }
+        };
+        let t0 = now();
         this.sweep_timers(py)
             .into_iter()
             .for_each(|h| handles::release(py, h));
@@ -191,6 +221,7 @@ impl EventLoop {
         // The I/O event buffer is reused tick after tick (loop thread only).
         let mut io = std::mem::take(&mut *this.io_events.lock());
         io.clear();
+        let tp = now();
         let outcome = this.wait_for_work(py, &mut io);
         let outcome = match outcome {
             Ok(o) => o,
@@ -199,6 +230,9 @@ impl EventLoop {
                 return Err(e);
             }
         };
+        if on {
+            m.poll_ns.add(mclock::elapsed_ns(tp, now()));
+        }
         if outcome.interrupted {
             // NOTE: a signal interrupted the poll (PEP 475): run Python's
             // handlers now; KeyboardInterrupt from SIGINT leaves the loop.
@@ -217,19 +251,33 @@ impl EventLoop {
         *this.io_events.lock() = io;
 
         let mut batch = this.take_ready(py);
+        if on {
+            m.ready_depth(batch.len());
+        }
+        let tc = now();
+        let mut ran = 0u64;
         while let Some(item) = batch.pop_front() {
-            let result = match item {
-                Ready::Handle(handle) => {
-                    if handle.get().is_cancelled() {
-                        handles::release(py, handle);
-                        continue;
-                    }
-                    let result = Self::run_handle(slf, handle.bind(py));
-                    handles::release(py, handle);
-                    result
+            if let Ready::Handle(handle) = &item {
+                if handle.get().is_cancelled() {
+                    item.release(py);
+                    continue;
                 }
+            }
+            let kind = item.kind();
+            if kind == Kind::Timer {
+                record_lateness(py, m, &item);
+            }
+            let precise = m.precise.load(Ordering::Relaxed);
+            let started = if precise {
+                mclock::now()
+            } else {
+                mclock::Stamp::ZERO
+            };
+            let seq = m.slow.begin();
+            let mut result = match &item {
+                Ready::Handle(handle) => Self::run_handle(slf, handle.bind(py)),
                 Ready::Stream(transport, dir) => {
-                    StreamTransport::on_ready(transport.bind(py), slf, dir)
+                    StreamTransport::on_ready(transport.bind(py), slf, *dir)
                 }
                 Ready::SockRecv(waiter) => match SockRecvWaiter::on_ready(waiter.bind(py)) {
                     Err(err) if !errors::is_exit(py, &err) => {
@@ -238,6 +286,20 @@ impl EventLoop {
                     result => result,
                 },
             };
+            let slow = on && m.slow.end(seq);
+            if precise {
+                m.callback_ns
+                    .record(mclock::elapsed_ns(started, mclock::now()));
+            }
+            if on {
+                m.callback_ran(kind);
+            }
+            ran += 1;
+            if slow {
+                let reported = Self::slow_callback(slf, &item, kind, seq);
+                result = result.and(reported);
+            }
+            item.release(py);
             if let Err(err) = result {
                 // Leave the rest for the next run, in order (asyncio's deque).
                 this.core.lock().ready.requeue_front(batch);
@@ -245,7 +307,52 @@ impl EventLoop {
             }
         }
         this.core.lock().ready.recycle(batch);
+        m.ticks.add(1);
+        if !on {
+            return Ok(());
+        }
+        let t1 = now();
+        let tick = mclock::elapsed_ns(t0, t1);
+        m.run_ns.add(tick);
+        m.callbacks_ns.add(mclock::elapsed_ns(tc, t1));
+        m.tick_ns.record(tick);
+        m.callbacks_per_tick.record(ran);
         Ok(())
+    }
+
+    /// A callback the watchdog flagged as slow returned: record it (its
+    /// description is built by `ferroloop._loop._slow_callback`, which also
+    /// schedules the loop's slow-callback handler).
+    #[cold]
+    #[inline(never)]
+    fn slow_callback(slf: &Bound<'_, Self>, item: &Ready, kind: Kind, seq: u64) -> PyResult<()> {
+        let py = slf.py();
+        let done = slf.get().metrics.slow.finish(seq);
+        let obj = match item {
+            Ready::Handle(h) => h.bind(py).clone().into_any(),
+            Ready::Stream(t, dir) => {
+                let name = match dir {
+                    crate::io::fd_watchers::Direction::Read => intern!(py, "_read_ready"),
+                    crate::io::fd_watchers::Direction::Write => intern!(py, "_write_ready"),
+                };
+                t.bind(py).getattr(name)?
+            }
+            Ready::SockRecv(w) => w.bind(py).clone().into_any(),
+        };
+        let start = done.start_ns as f64 * 1e-9;
+        let duration = done.end_ns.saturating_sub(done.start_ns) as f64 * 1e-9;
+        match py::call_helper(
+            py,
+            "_slow_callback",
+            (slf, obj, kind.name(), start, duration, done.stack),
+        ) {
+            Ok(_) => Ok(()),
+            Err(err) if errors::is_exit(py, &err) => Err(err),
+            Err(err) => {
+                err.write_unraisable(py, None);
+                Ok(())
+            }
+        }
     }
 
     /// Runs one handle (asyncio's `Handle._run` plus `_run_once`'s debug
@@ -299,6 +406,18 @@ impl EventLoop {
         context.set_item("exception", err.into_value(py))?;
         slf.call_method1(intern!(py, "call_exception_handler"), (context,))?;
         Ok(())
+    }
+}
+
+/// A timer's lateness: from its deadline to now, when its callback starts.
+fn record_lateness(py: Python<'_>, m: &LoopMetrics, item: &Ready) {
+    if let Ready::Handle(h) = item {
+        if let Ok(t) = h.bind(py).cast::<TimerHandle>() {
+            let late = clock::monotonic() - t.get().when_secs();
+            // A deadline in the past by more than 2^63 ns cannot happen;
+            // early (negative, within the clock's resolution) counts as 0.
+            m.timer_lateness_ns.record((late.max(0.0) * 1e9) as u64);
+        }
     }
 }
 

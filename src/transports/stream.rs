@@ -1252,6 +1252,7 @@ impl StreamTransport {
         };
         let event_loop = this.event_loop.bind(py).get();
         event_loop.set_transport_fd(this.fd, false);
+        event_loop.metrics.transports_closed.add(1);
         // NOTE: the fd must not stay registered once its number can be
         // reused; the reader and writer were removed by close/abort, this
         // only covers a path that left one behind.
@@ -1295,6 +1296,7 @@ impl StreamTransport {
         if socket {
             event_loop.get().set_transport_fd(fd, true);
         }
+        event_loop.get().metrics.transports_opened.add(1);
         Ok(Self {
             event_loop: event_loop.clone().unbind(),
             shell: Mutex::new(shell.map(Bound::unbind)),

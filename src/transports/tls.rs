@@ -581,6 +581,7 @@ impl TlsCore {
         let sslobj = slf.get().sslobj(dict)?;
         match sslobj.call_method0(intern!(py, "do_handshake")) {
             Ok(_) => {
+                crate::metrics::count_tls_handshake();
                 protocol.call_method1(intern!(py, "_on_handshake_complete"), (py.None(),))?;
             }
             Err(e) if e.matches(py, c.again_errors.bind(py))? => {
