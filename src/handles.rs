@@ -53,13 +53,14 @@ impl Handle {
         context: Py<PyAny>,
         event_loop: Py<EventLoop>,
         source_traceback: Option<Py<PyAny>>,
+        kind: crate::metrics::Kind,
     ) -> Self {
         Self {
             callback: Mutex::new(Some(Callback { func, args })),
             context,
             event_loop,
             cancelled: AtomicBool::new(false),
-            kind: AtomicU8::new(crate::metrics::Kind::Ready as u8),
+            kind: AtomicU8::new(kind as u8),
             source_traceback,
             repr_cache: Mutex::new(None),
         }

@@ -118,7 +118,11 @@ impl EventLoop {
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, Handle>> {
-        let handle = Bound::new(slf.py(), Self::make_handle(slf, callback, args, None)?)?;
+        let kind = crate::metrics::Kind::Ready;
+        let handle = Bound::new(
+            slf.py(),
+            Self::make_handle(slf, callback, args, None, kind)?,
+        )?;
         crate::handles::track(handle.as_any());
         Ok(handle)
     }

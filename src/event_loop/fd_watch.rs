@@ -86,8 +86,7 @@ impl EventLoop {
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
         slf.get().check_usable()?;
-        let handle = Self::make_handle(slf, callback, args, None)?;
-        handle.set_kind(crate::metrics::Kind::Io);
+        let handle = Self::make_handle(slf, callback, args, None, crate::metrics::Kind::Io)?;
         let handle = Bound::new(py, handle)?;
         // Long-lived and shared with the caller: the GC must see it.
         handles::track(handle.as_any());

@@ -34,12 +34,13 @@ fn seconds(base: f64, value: &Bound<'_, PyAny>) -> PyResult<f64> {
 
 impl EventLoop {
     /// Builds a Handle for `callback(*args)` in `context` (a copy of the
-    /// current context when `None`).
+    /// current context when `None`); `kind` is what schedules it (metrics).
     pub(crate) fn make_handle<'py>(
         slf: &Bound<'py, Self>,
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
+        kind: Kind,
     ) -> PyResult<Handle> {
         let py = slf.py();
         let context = match context {
@@ -57,6 +58,7 @@ impl EventLoop {
             context.unbind(),
             slf.clone().unbind(),
             tb,
+            kind,
         ))
     }
 
@@ -94,11 +96,15 @@ impl EventLoop {
             };
             Self::debug_checks(slf, &callback, method, !threadsafe)?;
         }
-        let handle = Self::make_handle(slf, callback, args, context)?;
-        if threadsafe {
-            handle.set_kind(Kind::Threadsafe);
-        }
-        let handle = Bound::new(slf.py(), handle)?;
+        let kind = if threadsafe {
+            Kind::Threadsafe
+        } else {
+            Kind::Ready
+        };
+        let handle = Bound::new(
+            slf.py(),
+            Self::make_handle(slf, callback, args, context, kind)?,
+        )?;
         handles::untrack(handle.as_any());
         {
             let mut core = this.core.lock();
@@ -140,8 +146,7 @@ impl EventLoop {
         if this.debug_enabled() {
             Self::debug_checks(slf, &callback, method, true)?;
         }
-        let base = Self::make_handle(slf, callback, args, context)?;
-        base.set_kind(Kind::Timer);
+        let base = Self::make_handle(slf, callback, args, context, Kind::Timer)?;
         let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, when_obj));
         let timer = Bound::new(slf.py(), init)?;
         handles::untrack(timer.as_any());

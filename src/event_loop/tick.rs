@@ -256,49 +256,46 @@ impl EventLoop {
         }
         let tc = now();
         let mut ran = 0u64;
+        let precise = on && m.precise.load(Ordering::Relaxed);
+        let mut seq = m.slow.current();
         while let Some(item) = batch.pop_front() {
-            if let Ready::Handle(handle) = &item {
-                if handle.get().is_cancelled() {
-                    item.release(py);
-                    continue;
-                }
-            }
-            let kind = item.kind();
-            if kind == Kind::Timer {
-                record_lateness(py, m, &item);
-            }
-            let precise = m.precise.load(Ordering::Relaxed);
-            let started = if precise {
-                mclock::now()
-            } else {
-                mclock::Stamp::ZERO
-            };
-            let seq = m.slow.begin();
-            let mut result = match &item {
-                Ready::Handle(handle) => Self::run_handle(slf, handle.bind(py)),
-                Ready::Stream(transport, dir) => {
-                    StreamTransport::on_ready(transport.bind(py), slf, *dir)
-                }
-                Ready::SockRecv(waiter) => match SockRecvWaiter::on_ready(waiter.bind(py)) {
-                    Err(err) if !errors::is_exit(py, &err) => {
-                        Self::report_error(slf, "Exception in sock_recv's reader", err)
+            let result = match &item {
+                Ready::Handle(handle) => {
+                    let h = handle.get();
+                    if h.is_cancelled() {
+                        item.release(py);
+                        continue;
                     }
-                    result => result,
-                },
+                    let run = || Self::run_handle(slf, handle.bind(py));
+                    if on {
+                        Self::run_measured(slf, m, h.kind(), &item, precise, &mut seq, run)
+                    } else {
+                        run()
+                    }
+                }
+                Ready::Stream(transport, dir) => {
+                    let run = || StreamTransport::on_ready(transport.bind(py), slf, *dir);
+                    if on {
+                        Self::run_measured(slf, m, Kind::Io, &item, precise, &mut seq, run)
+                    } else {
+                        run()
+                    }
+                }
+                Ready::SockRecv(waiter) => {
+                    let run = || match SockRecvWaiter::on_ready(waiter.bind(py)) {
+                        Err(err) if !errors::is_exit(py, &err) => {
+                            Self::report_error(slf, "Exception in sock_recv's reader", err)
+                        }
+                        result => result,
+                    };
+                    if on {
+                        Self::run_measured(slf, m, Kind::Io, &item, precise, &mut seq, run)
+                    } else {
+                        run()
+                    }
+                }
             };
-            let slow = on && m.slow.end(seq);
-            if precise {
-                m.callback_ns
-                    .record(mclock::elapsed_ns(started, mclock::now()));
-            }
-            if on {
-                m.callback_ran(kind);
-            }
             ran += 1;
-            if slow {
-                let reported = Self::slow_callback(slf, &item, kind, seq);
-                result = result.and(reported);
-            }
             item.release(py);
             if let Err(err) = result {
                 // Leave the rest for the next run, in order (asyncio's deque).
@@ -318,6 +315,41 @@ impl EventLoop {
         m.tick_ns.record(tick);
         m.callbacks_per_tick.record(ran);
         Ok(())
+    }
+
+    /// Runs one ready entry with the always-on metrics around it: its kind
+    /// counted, a timer's lateness recorded, the slow-callback watch's
+    /// sequence bumped before and after, and in precise mode its duration.
+    #[inline(always)]
+    fn run_measured(
+        slf: &Bound<'_, Self>,
+        m: &LoopMetrics,
+        kind: Kind,
+        item: &Ready,
+        precise: bool,
+        seq: &mut u64,
+        run: impl FnOnce() -> PyResult<()>,
+    ) -> PyResult<()> {
+        if kind == Kind::Timer {
+            record_lateness(slf.py(), m, item);
+        }
+        let started = if precise {
+            mclock::now()
+        } else {
+            mclock::Stamp::ZERO
+        };
+        let running = m.slow.begin(seq);
+        let result = run();
+        let slow = m.slow.end(seq);
+        if precise {
+            m.callback_ns
+                .record(mclock::elapsed_ns(started, mclock::now()));
+        }
+        m.callback_ran(kind);
+        if slow {
+            return result.and(Self::slow_callback(slf, item, kind, running));
+        }
+        result
     }
 
     /// A callback the watchdog flagged as slow returned: record it (its

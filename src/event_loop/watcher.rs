@@ -91,15 +91,6 @@ impl Watcher {
 }
 
 impl Ready {
-    /// The kind of callback this entry runs (for the loop's metrics).
-    #[inline]
-    pub(crate) fn kind(&self) -> crate::metrics::Kind {
-        match self {
-            Ready::Handle(h) => h.get().kind(),
-            Ready::Stream(..) | Ready::SockRecv(_) => crate::metrics::Kind::Io,
-        }
-    }
-
     pub(crate) fn release(self, py: Python<'_>) {
         match self {
             Ready::Handle(h) => handles::release(py, h),

@@ -91,20 +91,28 @@ pub struct Finished {
 }
 
 impl SlowState {
-    /// A callback starts (loop thread). Returns its sequence number.
+    /// The sequence number before the next callback (loop thread, once per
+    /// tick; `begin` and `end` then advance the caller's copy).
     #[inline(always)]
-    pub fn begin(&self) -> u64 {
-        let s = self.seq.load(Ordering::Relaxed) | 1;
-        self.seq.store(s, Ordering::Release);
-        s
+    pub fn current(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed) & !1
+    }
+
+    /// A callback starts (loop thread): `seq` becomes odd.
+    #[inline(always)]
+    pub fn begin(&self, seq: &mut u64) -> u64 {
+        *seq += 1;
+        self.seq.store(*seq, Ordering::Release);
+        *seq
     }
 
     /// The callback `s` returned (loop thread): whether the watchdog flagged
-    /// it as slow.
+    /// it as slow. `seq` becomes even.
     #[inline(always)]
-    pub fn end(&self, s: u64) -> bool {
-        self.seq.store(s + 1, Ordering::Release);
-        self.flagged.load(Ordering::Acquire) == s
+    pub fn end(&self, seq: &mut u64) -> bool {
+        *seq += 1;
+        self.seq.store(*seq, Ordering::Release);
+        self.flagged.load(Ordering::Acquire) == *seq - 1
     }
 
     /// The flagged callback `s` returned: its times and captured stack.

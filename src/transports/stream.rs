@@ -1046,6 +1046,7 @@ impl StreamTransport {
             slf.getattr(name)?,
             PyTuple::empty(py),
             context.map(|c| c.into_bound(py)),
+            crate::metrics::Kind::Io,
         )?;
         Bound::new(py, handle)
     }
