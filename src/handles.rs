@@ -66,9 +66,10 @@ impl Handle {
         }
     }
 
+    /// `metrics::Kind as u8` (0: `Ready`).
     #[inline]
-    pub(crate) fn kind(&self) -> crate::metrics::Kind {
-        crate::metrics::Kind::from_u8(self.kind.load(Ordering::Relaxed))
+    pub(crate) fn kind_raw(&self) -> u8 {
+        self.kind.load(Ordering::Relaxed)
     }
 
     #[inline]

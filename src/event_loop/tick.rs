@@ -17,6 +17,7 @@ use super::{Core, EventLoop};
 use crate::clock;
 use crate::errors;
 use crate::handles::{self, Handle, TimerHandle};
+use crate::io::fd_watchers::Direction;
 use crate::io::poller::{IoEvent, PollOutcome};
 use crate::metrics::clock as mclock;
 use crate::metrics::{Kind, LoopMetrics};
@@ -251,32 +252,85 @@ impl EventLoop {
         *this.io_events.lock() = io;
 
         let mut batch = this.take_ready(py);
-        if on {
-            m.ready_depth(batch.len());
+        if !on {
+            let ran = Self::run_batch::<OFF>(slf, &mut batch, m);
+            this.core.lock().ready.recycle(batch);
+            m.ticks.add(1);
+            return ran.map(drop);
         }
+        m.ready_depth(batch.len());
         let tc = now();
+        let ran = if m.precise.load(Ordering::Relaxed) {
+            Self::run_batch::<PRECISE>(slf, &mut batch, m)?
+        } else {
+            Self::run_batch::<ON>(slf, &mut batch, m)?
+        };
+        this.core.lock().ready.recycle(batch);
+        m.ticks.add(1);
+        let t1 = now();
+        let tick = mclock::elapsed_ns(t0, t1);
+        m.run_ns.add(tick);
+        m.callbacks_ns.add(mclock::elapsed_ns(tc, t1));
+        m.tick_ns.record(tick);
+        m.callbacks_per_tick.record(ran);
+        Ok(())
+    }
+
+    /// Runs the tick's batch (`MODE`: metrics `OFF`, `ON` or `PRECISE`, one
+    /// copy of the loop each, so the off and on paths test nothing per
+    /// callback). Returns how many callbacks ran; on an error the rest of
+    /// the batch goes back to the front of the ready queue.
+    #[inline(always)]
+    fn run_batch<const MODE: u8>(
+        slf: &Bound<'_, Self>,
+        batch: &mut VecDeque<Ready>,
+        m: &LoopMetrics,
+    ) -> PyResult<u64> {
+        let py = slf.py();
+        let on = MODE != OFF;
+        let mut meter = TickMeter {
+            seq: m.slow.current() | 1,
+            others: 0,
+        };
         let mut ran = 0u64;
-        let precise = on && m.precise.load(Ordering::Relaxed);
-        let mut seq = m.slow.current();
         while let Some(item) = batch.pop_front() {
-            let result = match &item {
+            let result = match item {
                 Ready::Handle(handle) => {
                     let h = handle.get();
                     if h.is_cancelled() {
-                        item.release(py);
+                        handles::release(py, handle);
                         continue;
                     }
                     let run = || Self::run_handle(slf, handle.bind(py));
-                    if on {
-                        Self::run_measured(slf, m, h.kind(), &item, precise, &mut seq, run)
+                    let result = if on {
+                        let kind = h.kind_raw();
+                        if kind != Kind::Ready as u8 {
+                            meter.count(py, m, Kind::from_u8(kind), &handle);
+                        }
+                        let mut r = meter.run::<MODE>(m, run);
+                        meter.check_slow(slf, m, &mut r, kind, || {
+                            Ok(handle.bind(py).clone().into_any())
+                        });
+                        r
                     } else {
                         run()
-                    }
+                    };
+                    handles::release(py, handle);
+                    result
                 }
                 Ready::Stream(transport, dir) => {
-                    let run = || StreamTransport::on_ready(transport.bind(py), slf, *dir);
+                    let run = || StreamTransport::on_ready(transport.bind(py), slf, dir);
                     if on {
-                        Self::run_measured(slf, m, Kind::Io, &item, precise, &mut seq, run)
+                        meter.count_io(m);
+                        let mut r = meter.run::<MODE>(m, run);
+                        meter.check_slow(slf, m, &mut r, Kind::Io as u8, || {
+                            let name = match dir {
+                                Direction::Read => intern!(py, "_read_ready"),
+                                Direction::Write => intern!(py, "_write_ready"),
+                            };
+                            transport.bind(py).getattr(name)
+                        });
+                        r
                     } else {
                         run()
                     }
@@ -289,95 +343,61 @@ impl EventLoop {
                         result => result,
                     };
                     if on {
-                        Self::run_measured(slf, m, Kind::Io, &item, precise, &mut seq, run)
+                        meter.count_io(m);
+                        let mut r = meter.run::<MODE>(m, run);
+                        meter.check_slow(slf, m, &mut r, Kind::Io as u8, || {
+                            Ok(waiter.bind(py).clone().into_any())
+                        });
+                        r
                     } else {
                         run()
                     }
                 }
             };
             ran += 1;
-            item.release(py);
             if let Err(err) = result {
+                if on {
+                    meter.finish(m, ran);
+                }
                 // Leave the rest for the next run, in order (asyncio's deque).
-                this.core.lock().ready.requeue_front(batch);
+                slf.get()
+                    .core
+                    .lock()
+                    .ready
+                    .requeue_front(std::mem::take(batch));
                 return Err(err);
             }
         }
-        this.core.lock().ready.recycle(batch);
-        m.ticks.add(1);
-        if !on {
-            return Ok(());
+        if on {
+            meter.finish(m, ran);
         }
-        let t1 = now();
-        let tick = mclock::elapsed_ns(t0, t1);
-        m.run_ns.add(tick);
-        m.callbacks_ns.add(mclock::elapsed_ns(tc, t1));
-        m.tick_ns.record(tick);
-        m.callbacks_per_tick.record(ran);
-        Ok(())
-    }
-
-    /// Runs one ready entry with the always-on metrics around it: its kind
-    /// counted, a timer's lateness recorded, the slow-callback watch's
-    /// sequence bumped before and after, and in precise mode its duration.
-    #[inline(always)]
-    fn run_measured(
-        slf: &Bound<'_, Self>,
-        m: &LoopMetrics,
-        kind: Kind,
-        item: &Ready,
-        precise: bool,
-        seq: &mut u64,
-        run: impl FnOnce() -> PyResult<()>,
-    ) -> PyResult<()> {
-        if kind == Kind::Timer {
-            record_lateness(slf.py(), m, item);
-        }
-        let started = if precise {
-            mclock::now()
-        } else {
-            mclock::Stamp::ZERO
-        };
-        let running = m.slow.begin(seq);
-        let result = run();
-        let slow = m.slow.end(seq);
-        if precise {
-            m.callback_ns
-                .record(mclock::elapsed_ns(started, mclock::now()));
-        }
-        m.callback_ran(kind);
-        if slow {
-            return result.and(Self::slow_callback(slf, item, kind, running));
-        }
-        result
+        Ok(ran)
     }
 
     /// A callback the watchdog flagged as slow returned: record it (its
     /// description is built by `ferroloop._loop._slow_callback`, which also
-    /// schedules the loop's slow-callback handler).
+    /// schedules the loop's slow-callback handler). `obj` is what it ran:
+    /// the handle, or the transport's bound ready method.
     #[cold]
     #[inline(never)]
-    fn slow_callback(slf: &Bound<'_, Self>, item: &Ready, kind: Kind, seq: u64) -> PyResult<()> {
+    fn slow_callback(
+        slf: &Bound<'_, Self>,
+        obj: PyResult<Bound<'_, PyAny>>,
+        kind: Kind,
+        seq: u64,
+    ) -> PyResult<()> {
         let py = slf.py();
         let done = slf.get().metrics.slow.finish(seq);
-        let obj = match item {
-            Ready::Handle(h) => h.bind(py).clone().into_any(),
-            Ready::Stream(t, dir) => {
-                let name = match dir {
-                    crate::io::fd_watchers::Direction::Read => intern!(py, "_read_ready"),
-                    crate::io::fd_watchers::Direction::Write => intern!(py, "_write_ready"),
-                };
-                t.bind(py).getattr(name)?
-            }
-            Ready::SockRecv(w) => w.bind(py).clone().into_any(),
-        };
         let start = done.start_ns as f64 * 1e-9;
         let duration = done.end_ns.saturating_sub(done.start_ns) as f64 * 1e-9;
-        match py::call_helper(
-            py,
-            "_slow_callback",
-            (slf, obj, kind.name(), start, duration, done.stack),
-        ) {
+        let reported = obj.and_then(|obj| {
+            py::call_helper(
+                py,
+                "_slow_callback",
+                (slf, obj, kind.name(), start, duration, done.stack),
+            )
+        });
+        match reported {
             Ok(_) => Ok(()),
             Err(err) if errors::is_exit(py, &err) => Err(err),
             Err(err) => {
@@ -441,15 +461,94 @@ impl EventLoop {
     }
 }
 
-/// A timer's lateness: from its deadline to now, when its callback starts.
-fn record_lateness(py: Python<'_>, m: &LoopMetrics, item: &Ready) {
-    if let Ready::Handle(h) = item {
-        if let Ok(t) = h.bind(py).cast::<TimerHandle>() {
-            let late = clock::monotonic() - t.get().when_secs();
-            // A deadline in the past by more than 2^63 ns cannot happen;
-            // early (negative, within the clock's resolution) counts as 0.
-            m.timer_lateness_ns.record((late.max(0.0) * 1e9) as u64);
+/// `run_batch` modes.
+const OFF: u8 = 0;
+const ON: u8 = 1;
+const PRECISE: u8 = 2;
+
+/// The metered run's state during one tick's batch (loop thread).
+struct TickMeter {
+    /// The slow watch's sequence number: odd while a callback runs.
+    seq: u64,
+    /// Callbacks of the batch that are not `Kind::Ready` (counted as they
+    /// run; the ready ones are the rest, counted once per tick).
+    others: u64,
+}
+
+impl TickMeter {
+    /// A handle of `kind` (not `Ready`) is about to run.
+    #[inline(always)]
+    fn count(&mut self, py: Python<'_>, m: &LoopMetrics, kind: Kind, handle: &Py<Handle>) {
+        self.others += 1;
+        m.callback_ran(kind);
+        if kind == Kind::Timer {
+            record_lateness(py, m, handle);
         }
+    }
+
+    /// A transport's (or sock_recv's) I/O callback is about to run.
+    #[inline(always)]
+    fn count_io(&mut self, m: &LoopMetrics) {
+        self.others += 1;
+        m.callback_ran(Kind::Io);
+    }
+
+    /// Runs one callback with its sequence number published to the watchdog
+    /// and, in `PRECISE` mode, its duration recorded.
+    #[inline(always)]
+    fn run<const MODE: u8>(
+        &mut self,
+        m: &LoopMetrics,
+        run: impl FnOnce() -> PyResult<()>,
+    ) -> PyResult<()> {
+        self.seq += 2;
+        m.slow.enter(self.seq);
+        if MODE != PRECISE {
+            return run();
+        }
+        let started = mclock::now();
+        let result = run();
+        m.callback_ns
+            .record(mclock::elapsed_ns(started, mclock::now()));
+        result
+    }
+
+    /// The callback returned into `result`: if the watchdog flagged it,
+    /// record it as slow (`obj`: what it ran, `kind`: a `Kind as u8`).
+    #[inline(always)]
+    fn check_slow<'py>(
+        &self,
+        slf: &Bound<'py, EventLoop>,
+        m: &LoopMetrics,
+        result: &mut PyResult<()>,
+        kind: u8,
+        obj: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+    ) {
+        if m.slow.flagged(self.seq) {
+            let kind = Kind::from_u8(kind);
+            if let Err(e) = EventLoop::slow_callback(slf, obj(), kind, self.seq) {
+                if result.is_ok() {
+                    *result = Err(e);
+                }
+            }
+        }
+    }
+
+    /// The batch ended after `ran` callbacks: count the ready ones and tell
+    /// the watchdog no callback runs.
+    #[inline(always)]
+    fn finish(&self, m: &LoopMetrics, ran: u64) {
+        m.callbacks[Kind::Ready as usize].add(ran - self.others);
+        m.slow.leave(self.seq + 1);
+    }
+}
+
+/// A timer's lateness: from its deadline to now, when its callback starts.
+fn record_lateness(py: Python<'_>, m: &LoopMetrics, handle: &Py<Handle>) {
+    if let Ok(t) = handle.bind(py).cast::<TimerHandle>() {
+        let late = clock::monotonic() - t.get().when_secs();
+        // Early (negative, within the clock's resolution) counts as 0.
+        m.timer_lateness_ns.record((late.max(0.0) * 1e9) as u64);
     }
 }
 

@@ -1,8 +1,9 @@
 //! Slow callbacks without debug mode: one native watchdog thread per process
 //! samples every running loop's callback sequence number; a callback still
 //! running after the threshold is flagged and the loop thread's Python stack
-//! is captured then, while it still blocks (once per callback). The loop thread pays two stores and a load per callback and reads
-//! the clock only when a callback it ran was flagged.
+//! is captured then, while it still blocks (once per callback). The loop
+//! thread pays a store and a load per callback (and a store per tick), and
+//! reads the clock only when a callback it ran was flagged.
 //!
 //! Precision: the watchdog samples every threshold / 4 (0.25..25 ms), so a
 //! callback's start is known within one sampling period (the record uses the
@@ -91,28 +92,30 @@ pub struct Finished {
 }
 
 impl SlowState {
-    /// The sequence number before the next callback (loop thread, once per
-    /// tick; `begin` and `end` then advance the caller's copy).
+    /// The sequence number at the start of a tick (loop thread): even, no
+    /// callback running. Callbacks get the odd numbers after it.
     #[inline(always)]
     pub fn current(&self) -> u64 {
         self.seq.load(Ordering::Relaxed) & !1
     }
 
-    /// A callback starts (loop thread): `seq` becomes odd.
+    /// Callback `s` (odd) starts (loop thread).
     #[inline(always)]
-    pub fn begin(&self, seq: &mut u64) -> u64 {
-        *seq += 1;
-        self.seq.store(*seq, Ordering::Release);
-        *seq
+    pub fn enter(&self, s: u64) {
+        self.seq.store(s, Ordering::Release);
     }
 
-    /// The callback `s` returned (loop thread): whether the watchdog flagged
-    /// it as slow. `seq` becomes even.
+    /// No callback runs from now on (loop thread, after a batch): `s` even.
     #[inline(always)]
-    pub fn end(&self, seq: &mut u64) -> bool {
-        *seq += 1;
-        self.seq.store(*seq, Ordering::Release);
-        self.flagged.load(Ordering::Acquire) == *seq - 1
+    pub fn leave(&self, s: u64) {
+        self.seq.store(s, Ordering::Release);
+    }
+
+    /// Whether the watchdog flagged callback `s` as slow (loop thread,
+    /// after it returned).
+    #[inline(always)]
+    pub fn flagged(&self, s: u64) -> bool {
+        self.flagged.load(Ordering::Acquire) == s
     }
 
     /// The flagged callback `s` returned: its times and captured stack.
