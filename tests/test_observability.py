@@ -649,3 +649,215 @@ def test_python_level_apis_unchanged_by_metrics(loop):
     assert in_all
     assert module in ("_asyncio", "asyncio.tasks")
     assert sys.modules.get("ferroloop") is None or not hasattr(asyncio.Task, "_ferroloop")
+
+
+# --------------------------------------------------------------------------
+# the stats page and `python -m ferroloop top`
+# --------------------------------------------------------------------------
+
+
+def page_path(lp):
+    return f"/dev/shm/ferroloop-{os.getpid()}-{lp.stats().loop_id}.stats"
+
+
+needs_shm = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no tmpfs at /dev/shm")
+
+
+@needs_shm
+def test_stats_page_follows_the_loop(floop):
+    from ferroloop import _top
+
+    assert not os.path.exists(page_path(floop))  # made when the loop first runs
+
+    async def main():
+        for _ in range(50):
+            floop.call_soon(lambda: None)
+        await asyncio.sleep(0.01)
+        floop.call_at(floop.time() - 0.02, lambda: None)
+        await asyncio.sleep(0.01)
+
+    run_with_timeout(floop, main())
+    path = page_path(floop)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    snap = _top.read_page(path)
+    stats = floop.stats()
+    # Published when the loop stopped: the same numbers.
+    assert snap.pid == os.getpid() and snap.loop_id == stats.loop_id
+    assert snap.counters["ticks"] == stats.ticks
+    assert snap.counters["cb_ready"] == stats.callbacks["ready"]
+    assert snap.counters["cb_timer"] == stats.callbacks["timer"]
+    assert snap.counters["run_ns"] == round(stats.run_time * 1e9)
+    assert sum(snap.lateness) == stats.timer_lateness.count
+    assert snap.lateness_max == round(stats.timer_lateness.max * 1e9)
+    assert snap.polling_since == 0 and snap.slow_since == 0
+    assert 0 <= time.monotonic() - snap.published < 5
+    floop.close()
+    assert not os.path.exists(path)
+
+
+@needs_shm
+def test_stats_page_can_be_turned_off(tmp_path):
+    code = (
+        "import asyncio, os, ferroloop\n"
+        "async def main():\n"
+        "    lp = asyncio.get_running_loop()\n"
+        "    print(os.path.exists(f'/dev/shm/ferroloop-{os.getpid()}-{lp.stats().loop_id}.stats'))\n"
+        "ferroloop.run(main())\n"
+    )
+    for env, expected in (({}, "True"), ({"FERROLOOP_STATS_PAGE": "0"}, "False")):
+        out = subprocess_output([sys.executable, "-c", code], env)
+        assert out.strip() == expected, (env, out)
+
+
+def subprocess_output(cmd, env=None):
+    import subprocess
+
+    p = subprocess.run(
+        cmd,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+TARGET = """
+import asyncio, sys, time
+import ferroloop
+
+
+def sleeper():
+    time.sleep(0.08)  # the line top shows
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.call_soon(sleeper)
+    await asyncio.sleep(0.1)
+    print("ready", flush=True)
+    while True:
+        loop.call_soon(sleeper)
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+
+
+ferroloop.run(main())
+"""
+
+
+@needs_shm
+def test_top_in_a_terminal_shows_a_running_process(tmp_path):
+    import pty
+    import re
+    import subprocess
+
+    script = tmp_path / "target.py"
+    script.write_text(TARGET)
+    target = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert target.stdout.readline().strip() == "ready"
+        master, slave = pty.openpty()
+        top = subprocess.Popen(
+            [sys.executable, "-m", "ferroloop", "top", str(target.pid)]
+            + ["--interval", "0.4", "--count", "2"],
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+        )
+        os.close(slave)
+        screen = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: top exited and closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        os.close(master)
+        assert top.wait(10) == 0, top.stderr.read()
+    finally:
+        target.kill()
+        target.wait()
+    text = screen.decode()
+    assert "\x1b[2J" in text  # a terminal: each frame redraws the screen
+    frame = text.rsplit("\x1b[2J", 1)[-1]
+    assert f"ferroloop top - pid {target.pid}" in frame
+    assert re.search(r"loop \d+  thread \d+", frame), frame
+    util = float(re.search(r"util +([\d.]+)%", frame).group(1))
+    assert 5 <= util <= 100, frame  # ~80 ms of every ~300 ms sleeps in a callback
+    assert re.search(r"ticks/s [\d.]+k?", frame)
+    assert re.search(r"lag p50 [\d.]+ms  p99 [\d.]+ms  max [\d.]+ms", frame), frame
+    assert "slow callbacks (over 50ms):" in frame
+    assert "<Handle sleeper() at" in frame
+    assert f"{script}:7 in sleeper: time.sleep(0.08)" in frame
+
+
+def test_top_on_a_process_without_ferroloop():
+    out = subprocess_output(
+        [sys.executable, "-m", "ferroloop", "top", str(os.getpid()), "--once", "--interval", "0.1"]
+    )
+    assert "no running ferroloop loop found" in out
+
+
+def test_top_on_a_missing_process():
+    import subprocess
+
+    p = subprocess.run(
+        [sys.executable, "-m", "ferroloop", "top", "999999999", "--once"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert p.returncode == 1
+    assert "no process 999999999" in p.stderr
+
+
+@needs_shm
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_publishes_its_own_page(floop):
+    import ferroloop
+    from ferroloop import _top
+
+    run_callbacks(floop, lambda: None)
+    parent_page = page_path(floop)
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            lp = ferroloop.new_event_loop()
+
+            async def main():
+                await asyncio.sleep(0.01)
+                os.write(ready_w, str(lp.stats().loop_id).encode())
+                await lp.run_in_executor(None, os.read, done_r, 1)
+
+            lp.run_until_complete(main())
+            lp.close()
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        child_loop = int(os.read(ready_r, 100))
+        path = f"/dev/shm/ferroloop-{pid}-{child_loop}.stats"
+        snap = _top.read_page(path)
+        assert snap is not None and snap.pid == pid and snap.loop_id == child_loop
+        assert snap.counters["ticks"] > 0
+        assert _top.read_process(pid).keys() == {child_loop}
+        assert os.path.exists(parent_page)  # the parent's page is the parent's
+    finally:
+        os.write(done_w, b"x")
+        os.close(done_w)
+        os.close(ready_r)
+        os.waitpid(pid, 0)
+    assert not os.path.exists(path)  # the child's loop.close() removed it
+    assert os.path.exists(parent_page)

@@ -1,7 +1,8 @@
-"""Run a program with ferroloop as the asyncio event loop.
+"""Run a program with ferroloop as the asyncio event loop, or watch one.
 
 python -m ferroloop script.py [args...]
 python -m ferroloop -m module [args...]
+python -m ferroloop top PID [--interval S] [--count N] [--once]
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ import warnings
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: python -m ferroloop (script.py | -m module) [args...]"
+    usage = (
+        "usage: python -m ferroloop (script.py | -m module) [args...]\n"
+        "       python -m ferroloop top PID [--interval S] [--count N] [--once]"
+    )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage, file=sys.stderr if not argv else sys.stdout)
         raise SystemExit(2 if not argv else 0)
+    if argv[0] == "top":
+        # NOTE: a script named `top` runs as `python -m ferroloop ./top`.
+        from ._top import main as top
+
+        raise SystemExit(top(argv[1:]))
 
     import asyncio
 

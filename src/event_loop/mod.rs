@@ -193,12 +193,14 @@ impl EventLoop {
         m.native_thread.store(tid, Ordering::Release);
         crate::metrics::set_current(Some(m));
         if m.enabled {
+            m.ensure_page();
             crate::metrics::slow::ensure_watchdog();
         }
     }
 
     pub(crate) fn metrics_leave_running(&self) {
         crate::metrics::set_current(None);
+        self.metrics.publish_now();
         self.metrics.native_thread.store(0, Ordering::Release);
         self.metrics.thread_ident.store(0, Ordering::Relaxed);
     }
@@ -222,6 +224,9 @@ impl EventLoop {
         // uses a closed epoll fd.
         self.closed.store(true, Ordering::Release);
         self.metrics.closed.store(true, Ordering::Release);
+        if let Some(page) = self.metrics.page.get() {
+            page.unlink();
+        }
         let (ready, timers, watchers) = {
             let mut core = self.core.lock();
             (

@@ -157,12 +157,14 @@ impl EventLoop {
         m.polls.add(1);
         m.polls_blocking.add(1);
         let before = if m.enabled {
+            m.set_polling(true);
             mclock::now()
         } else {
             mclock::Stamp::ZERO
         };
         let res = py.detach(|| poller.poll(None, io));
         if m.enabled {
+            m.set_polling(false);
             let waited = mclock::elapsed_ns(before, mclock::now());
             m.idle_ns.add(waited);
             m.poll_wait_ns.record(waited);
@@ -273,6 +275,7 @@ impl EventLoop {
         m.callbacks_ns.add(mclock::elapsed_ns(tc, t1));
         m.tick_ns.record(tick);
         m.callbacks_per_tick.record(ran);
+        m.maybe_publish(t1);
         Ok(())
     }
 
@@ -387,7 +390,11 @@ impl EventLoop {
         seq: u64,
     ) -> PyResult<()> {
         let py = slf.py();
-        let done = slf.get().metrics.slow.finish(seq);
+        let m = &slf.get().metrics;
+        let done = m.slow.finish(seq);
+        if let Some(page) = m.page.get() {
+            page.set_slow_since(0);
+        }
         let start = done.start_ns as f64 * 1e-9;
         let duration = done.end_ns.saturating_sub(done.start_ns) as f64 * 1e-9;
         let reported = obj.and_then(|obj| {

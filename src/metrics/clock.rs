@@ -86,6 +86,15 @@ pub struct Stamp(u64);
 
 impl Stamp {
     pub const ZERO: Stamp = Stamp(0);
+
+    /// For keeping a stamp in an atomic.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_raw(v: u64) -> Stamp {
+        Stamp(v)
+    }
 }
 
 /// Now, cheaply.

@@ -12,12 +12,13 @@
 pub mod clock;
 pub mod histogram;
 pub mod openmetrics;
+pub mod page;
 pub mod serve;
 pub mod slow;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Once, Weak};
+use std::sync::{Arc, Once, OnceLock, Weak};
 
 use parking_lot::Mutex;
 
@@ -132,6 +133,11 @@ pub struct LoopMetrics {
     pub precise: AtomicBool,
 
     pub slow: slow::SlowState,
+
+    /// The stats page `python -m ferroloop top` reads (created when the
+    /// loop first runs), and when it was last written (a `clock::Stamp`).
+    pub page: OnceLock<page::Page>,
+    pub published: Counter,
 }
 
 /// `FERROLOOP_METRICS`: `0`/`off` turns the per-tick and per-callback
@@ -216,6 +222,48 @@ impl LoopMetrics {
         self.callbacks[kind as usize & 3].add(1);
     }
 
+    /// Creates the stats page if metrics are on and it does not exist yet
+    /// (loop thread, when the loop starts running).
+    pub fn ensure_page(&self) {
+        if self.enabled && self.page.get().is_none() {
+            if let Some(p) = page::Page::create(self) {
+                let _ = self.page.set(p);
+            }
+        }
+    }
+
+    /// Rewrites the stats page if the last write is over 1 ms old (loop
+    /// thread, at the end of a tick; `now` is that tick's last stamp).
+    #[inline(always)]
+    pub fn maybe_publish(&self, now: clock::Stamp) {
+        if let Some(p) = self.page.get() {
+            if clock::elapsed_ns(clock::Stamp::from_raw(self.published.get()), now) >= 1_000_000 {
+                self.published.set(now.raw());
+                p.publish(self, clock::monotonic_now_ns());
+            }
+        }
+    }
+
+    /// Writes the stats page now (loop thread).
+    pub fn publish_now(&self) {
+        if let Some(p) = self.page.get() {
+            self.published.set(clock::now().raw());
+            p.publish(self, clock::monotonic_now_ns());
+        }
+    }
+
+    /// The loop is (not) blocked in the poller with nothing to do.
+    #[inline]
+    pub fn set_polling(&self, polling: bool) {
+        if let Some(p) = self.page.get() {
+            p.set_polling_since(if polling {
+                clock::monotonic_now_ns()
+            } else {
+                0
+            });
+        }
+    }
+
     #[inline(always)]
     pub fn ready_depth(&self, n: usize) {
         let n = n as u64;
@@ -288,16 +336,25 @@ pub fn py_openmetrics(py: pyo3::Python<'_>) -> String {
     py.detach(openmetrics::render)
 }
 
-/// `atexit`: the watchdog stops entering Python.
+/// `atexit`: the watchdog stops entering Python; this process's stats
+/// pages are removed.
 #[pyo3::pyfunction]
 #[pyo3(name = "_python_exiting")]
 pub fn py_python_exiting(py: pyo3::Python<'_>) {
     slow::python_exiting(py);
+    for m in all_loops() {
+        if let Some(p) = m.page.get() {
+            p.unlink();
+        }
+    }
 }
 
-/// The largest value of the histogram bucket holding `value`.
+/// The largest value of each histogram bucket, in bucket order (for
+/// `python -m ferroloop top`, which reads raw buckets from the page).
 #[pyo3::pyfunction]
-#[pyo3(name = "_histogram_bound")]
-pub fn py_histogram_bound(value: u64) -> u64 {
-    histogram::upper_bound(histogram::index(value))
+#[pyo3(name = "_histogram_bounds")]
+pub fn py_histogram_bounds() -> Vec<u64> {
+    (0..histogram::BUCKETS)
+        .map(histogram::upper_bound)
+        .collect()
 }

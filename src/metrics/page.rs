@@ -14,7 +14,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
 use super::histogram::BUCKETS;
 use super::slow::SlowRecord;
@@ -83,6 +83,9 @@ pub struct Page {
     base: *mut u8,
     path: CString,
     pid: u32,
+    unlinked: AtomicBool,
+    /// The slow-callback ring's version last written (see `publish_slow`).
+    slow_written: AtomicU64,
 }
 
 // SAFETY: the mapping is owned by this value alone (unmapped in Drop); the
@@ -182,6 +185,8 @@ impl Page {
             base: base.cast(),
             path,
             pid,
+            unlinked: AtomicBool::new(false),
+            slow_written: AtomicU64::new(u64::MAX),
         };
         // SAFETY: the first 8 bytes of our fresh mapping.
         unsafe { std::ptr::copy_nonoverlapping(MAGIC.as_ptr(), page.base, 8) };
@@ -209,7 +214,8 @@ impl Page {
                     *b = text[i + j];
                 }
             }
-            self.word(off + i).store(u64::from_le_bytes(chunk), Ordering::Relaxed);
+            self.word(off + i)
+                .store(u64::from_le_bytes(chunk), Ordering::Relaxed);
         }
     }
 
@@ -221,7 +227,8 @@ impl Page {
         fence(Ordering::Release);
         self.word(OFF_TID)
             .store(m.native_thread.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.word(OFF_PUBLISHED).store(now_mono_ns, Ordering::Relaxed);
+        self.word(OFF_PUBLISHED)
+            .store(now_mono_ns, Ordering::Relaxed);
         for (i, v) in counters(m).into_iter().enumerate() {
             self.word(OFF_COUNTERS + i * 8).store(v, Ordering::Relaxed);
         }
@@ -230,20 +237,28 @@ impl Page {
         self.word(OFF_LATENESS + 8).store(h.sum, Ordering::Relaxed);
         self.word(OFF_LATENESS + 16).store(h.max, Ordering::Relaxed);
         for (i, c) in h.counts.iter().enumerate().take(BUCKETS) {
-            self.word(OFF_LATENESS + 24 + i * 8).store(*c, Ordering::Relaxed);
+            self.word(OFF_LATENESS + 24 + i * 8)
+                .store(*c, Ordering::Relaxed);
         }
         self.publish_slow(m);
         fence(Ordering::Release);
         seq.store((s | 1) + 1, Ordering::Release);
     }
 
+    /// The newest slow-callback records, rewritten only when the ring
+    /// changed since the last publish.
     fn publish_slow(&self, m: &LoopMetrics) {
+        let version = m.slow.version();
+        if self.slow_written.swap(version, Ordering::Relaxed) == version {
+            return;
+        }
         let records = m.slow.last(SLOW_SLOTS);
         self.word(OFF_SLOW)
             .store(records.len() as u64, Ordering::Relaxed);
         for (i, r) in records.iter().enumerate() {
             let off = OFF_SLOW + 8 + i * SLOT;
-            self.word(off).store((r.start * 1e9) as u64, Ordering::Relaxed);
+            self.word(off)
+                .store((r.start * 1e9) as u64, Ordering::Relaxed);
             self.word(off + 8)
                 .store((r.duration * 1e9) as u64, Ordering::Relaxed);
             self.word(off + 16).store(r.kind as u64, Ordering::Relaxed);
@@ -261,18 +276,14 @@ impl Page {
     }
 }
 
-/// `handle \x1f task \x1f location \x1f innermost stack line`, cut to fit.
+/// `handle \x1f task \x1f location \x1f innermost frame`, cut to fit. The
+/// innermost frame of the captured stack reads `file:line in func: code`.
 fn slot_text(r: &SlowRecord) -> Vec<u8> {
     let task = match (&r.task, &r.coro) {
         (Some(t), Some(c)) => format!("{t} ({c})"),
         _ => String::new(),
     };
-    let inner = r
-        .stack
-        .as_deref()
-        .and_then(|s| s.lines().rev().find(|l| l.trim_start().starts_with("File ")))
-        .map(str::trim)
-        .unwrap_or("");
+    let inner = r.stack.as_deref().map(innermost_frame).unwrap_or_default();
     let loc = r.location.as_deref().unwrap_or("");
     let mut text = format!("{}\x1f{task}\x1f{loc}\x1f{inner}", r.repr).into_bytes();
     if text.len() >= SLOT_TEXT {
@@ -286,16 +297,79 @@ fn slot_text(r: &SlowRecord) -> Vec<u8> {
     text
 }
 
+/// `file:line in func: code` from the last frame of a
+/// `traceback.format_stack()` text (`  File "f", line N, in func\n    code`).
+fn innermost_frame(stack: &str) -> String {
+    let lines: Vec<&str> = stack.lines().collect();
+    let Some(i) = lines
+        .iter()
+        .rposition(|l| l.trim_start().starts_with("File \""))
+    else {
+        return String::new();
+    };
+    let head = lines[i].trim_start().trim_start_matches("File \"");
+    let (file, rest) = head.split_once("\", line ").unwrap_or((head, ""));
+    let (line, func) = rest.split_once(", in ").unwrap_or((rest, ""));
+    let code = lines.get(i + 1).map(|l| l.trim()).unwrap_or("");
+    let mut out = format!("{file}:{line}");
+    if !func.is_empty() {
+        out += &format!(" in {func}");
+    }
+    if !code.is_empty() {
+        out += &format!(": {code}");
+    }
+    out
+}
+
+impl Page {
+    /// Removes the file (the loop closed, or the process exits); the
+    /// mapping stays until the page is dropped. Only the process that
+    /// created it removes it (a forked child leaves the parent's).
+    pub fn unlink(&self) {
+        if std::process::id() == self.pid && !self.unlinked.swap(true, Ordering::Relaxed) {
+            // SAFETY: `path` is a valid C string.
+            unsafe { libc::unlink(self.path.as_ptr()) };
+        }
+    }
+}
+
 impl Drop for Page {
     fn drop(&mut self) {
-        // SAFETY: `base` is our SIZE-byte mapping, unmapped once here;
-        // the file is unlinked only by the process that created it (a
-        // forked child dropping an inherited loop leaves the parent's).
-        unsafe {
-            libc::munmap(self.base.cast(), SIZE);
-            if std::process::id() == self.pid {
-                libc::unlink(self.path.as_ptr());
-            }
-        }
+        self.unlink();
+        // SAFETY: `base` is our SIZE-byte mapping, unmapped once, here,
+        // when nothing can reach it any more (the page is owned by its
+        // loop's metrics, which the watchdog only borrows while holding an
+        // `Arc`).
+        unsafe { libc::munmap(self.base.cast(), SIZE) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn innermost_frame_of_a_formatted_stack() {
+        let stack = "  File \"/a.py\", line 3, in main\n    run()\n  File \"/b.py\", line 7, in run\n    time.sleep(1)\n";
+        assert_eq!(innermost_frame(stack), "/b.py:7 in run: time.sleep(1)");
+        assert_eq!(innermost_frame(""), "");
+    }
+
+    #[test]
+    fn slot_text_fits_its_slot() {
+        let r = SlowRecord {
+            start: 1.0,
+            duration: 0.1,
+            kind: super::super::Kind::Ready,
+            repr: "é".repeat(400),
+            task: None,
+            coro: None,
+            started_at: None,
+            location: None,
+            stack: None,
+        };
+        let t = slot_text(&r);
+        assert!(t.len() < SLOT_TEXT);
+        assert!(std::str::from_utf8(&t).is_ok());
     }
 }

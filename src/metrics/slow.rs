@@ -52,7 +52,6 @@ struct Watch {
     seq: u64,
     first_seen: u64,
     last_seen_other: u64,
-    stack_done: bool,
 }
 
 pub struct SlowState {
@@ -64,6 +63,8 @@ pub struct SlowState {
     flagged_start_ns: AtomicU64,
     pub threshold_ns: AtomicU64,
     pub total: AtomicU64,
+    /// Bumped on every push to the ring (the stats page rewrites its copy).
+    version: AtomicU64,
     stack: Mutex<Option<(u64, String)>>,
     ring: Mutex<VecDeque<SlowRecord>>,
     watch: Mutex<Watch>,
@@ -77,6 +78,7 @@ impl Default for SlowState {
             flagged_start_ns: AtomicU64::new(0),
             threshold_ns: AtomicU64::new(DEFAULT_THRESHOLD_NS),
             total: AtomicU64::new(0),
+            version: AtomicU64::new(0),
             stack: Mutex::new(None),
             ring: Mutex::new(VecDeque::new()),
             watch: Mutex::new(Watch::default()),
@@ -141,19 +143,35 @@ impl SlowState {
             ring.pop_front();
         }
         ring.push_back(record);
+        self.version.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn records(&self) -> Vec<SlowRecord> {
         self.ring.lock().iter().cloned().collect()
     }
 
+    /// The newest `n` records, oldest first.
+    pub fn last(&self, n: usize) -> Vec<SlowRecord> {
+        let ring = self.ring.lock();
+        ring.iter()
+            .skip(ring.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
     pub fn clear(&self) {
         self.ring.lock().clear();
+        self.version.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The watchdog's look at this loop at `now`: flags a slow callback and
-    /// returns its `seq` when its stack should be captured.
-    fn observe(&self, now: u64, period: u64) -> Option<u64> {
+    /// returns its `seq` and estimated start when it does (then its stack
+    /// is captured).
+    fn observe(&self, now: u64, period: u64) -> Option<(u64, u64)> {
         let s = self.seq.load(Ordering::Acquire);
         let mut w = self.watch.lock();
         if s & 1 == 0 {
@@ -166,7 +184,6 @@ impl SlowState {
             // look that saw something else.
             w.seq = s;
             w.first_seen = now;
-            w.stack_done = false;
             w.last_seen_other = w.last_seen_other.max(now.saturating_sub(period));
             return None;
         }
@@ -176,10 +193,7 @@ impl SlowState {
         if ran >= threshold && self.flagged.load(Ordering::Relaxed) != s {
             self.flagged_start_ns.store(start, Ordering::Relaxed);
             self.flagged.store(s, Ordering::Release);
-        }
-        if ran >= threshold && !w.stack_done {
-            w.stack_done = true;
-            return Some(s);
+            return Some((s, start));
         }
         None
     }
@@ -243,7 +257,10 @@ fn watchdog_main() {
             if m.native_thread.load(Ordering::Relaxed) == 0 {
                 continue;
             }
-            if let Some(s) = m.slow.observe(now, period) {
+            if let Some((s, start)) = m.slow.observe(now, period) {
+                if let Some(page) = m.page.get() {
+                    page.set_slow_since(start);
+                }
                 capture_stack(&m, s);
             }
         }
