@@ -1,7 +1,7 @@
 //! `Handle` and `TimerHandle`: what `call_soon` / `call_later` return and what
 //! the ready queue holds.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use parking_lot::Mutex;
 use pyo3::ffi;
@@ -29,6 +29,9 @@ pub struct Handle {
     cancelled: AtomicBool,
     /// What scheduled it (`metrics::Kind`), for the loop's callback counts.
     kind: AtomicU8,
+    /// When it was made (CLOCK_MONOTONIC ns), with per-task stats on only
+    /// (a task step's scheduling delay); 0 otherwise.
+    scheduled_ns: AtomicU64,
     /// `format_helpers.extract_stack()` at creation, in debug mode only.
     source_traceback: Option<Py<PyAny>>,
     /// The repr kept on cancel in debug mode (asyncio's `_repr`).
@@ -61,9 +64,28 @@ impl Handle {
             event_loop,
             cancelled: AtomicBool::new(false),
             kind: AtomicU8::new(kind as u8),
+            scheduled_ns: AtomicU64::new(0),
             source_traceback,
             repr_cache: Mutex::new(None),
         }
+    }
+
+    #[inline]
+    pub(crate) fn set_scheduled_ns(&self, ns: u64) {
+        self.scheduled_ns.store(ns, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn scheduled_ns(&self) -> u64 {
+        self.scheduled_ns.load(Ordering::Relaxed)
+    }
+
+    /// The callable (None once cancelled).
+    pub(crate) fn callback_func<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.callback
+            .lock()
+            .as_ref()
+            .map(|cb| cb.func.bind(py).clone())
     }
 
     /// `metrics::Kind as u8` (0: `Ready`).

@@ -861,3 +861,60 @@ def test_forked_child_publishes_its_own_page(floop):
         os.waitpid(pid, 0)
     assert not os.path.exists(path)  # the child's loop.close() removed it
     assert os.path.exists(parent_page)
+
+
+# --------------------------------------------------------------------------
+# per-task stats (opt-in)
+# --------------------------------------------------------------------------
+
+
+def test_task_stats_for_a_group(floop):
+    async def worker(steps, busy):
+        for _ in range(steps):
+            spin(busy)
+            await asyncio.sleep(0)
+
+    async def main():
+        floop.set_task_stats(True, group="job-")
+        jobs = [floop.create_task(worker(5, 0.004), name=f"job-{i}") for i in range(3)]
+        other = floop.create_task(worker(2, 0), name="other")
+        await asyncio.gather(*jobs, other)
+        return jobs, other, floop.task_stats()
+
+    jobs, other, table = run_with_timeout(floop, main())
+    assert set(table) == set(jobs)  # the group only
+    assert other not in table
+    for job in jobs:
+        st = table[job]
+        assert st.name == job.get_name() and st.coroutine.endswith("worker")
+        assert st.done
+        # 5 steps that spin 4 ms, then the step that returns.
+        assert st.steps == 6
+        assert 5 * 0.004 <= st.total_time < 5 * 0.004 + 0.5
+        assert 0.004 <= st.max_step < 0.5
+        # The first step waited for its turn behind the other jobs' steps.
+        assert st.first_step_delay is not None and 0 <= st.first_step_delay < 1
+        assert st.scheduling_delay_max >= 0.004  # woken while others spun
+        assert st.scheduling_delay_total >= st.scheduling_delay_max
+    # Precise timing comes with it.
+    assert floop.stats().callback_duration.count > 0
+
+
+def test_task_stats_for_all_tasks_and_off(floop):
+    async def child():
+        await asyncio.sleep(0)
+
+    async def main():
+        floop.set_task_stats(True)
+        t = asyncio.ensure_future(child())
+        await t
+        table = floop.task_stats()
+        floop.set_task_stats(False)
+        return t, table, floop.task_stats()
+
+    t, table, after = run_with_timeout(floop, main())
+    assert table[t].steps == 2
+    assert table[t].first_step_delay is not None
+    assert after == {}
+    with pytest.raises(TypeError, match="group"):
+        floop.set_task_stats(True, group=3)

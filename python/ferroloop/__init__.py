@@ -35,7 +35,7 @@ import atexit as _atexit
 from . import _ferroloop, metrics
 from ._loop import Loop
 from ._policy import EventLoopPolicy
-from ._stats import Histogram, LoopStats, SlowCallback, Utilization
+from ._stats import Histogram, LoopStats, SlowCallback, TaskStats, Utilization
 
 __version__: str = _ferroloop.__version__
 
@@ -45,6 +45,7 @@ __all__ = (
     "Loop",
     "LoopStats",
     "SlowCallback",
+    "TaskStats",
     "Utilization",
     "__version__",
     "install",

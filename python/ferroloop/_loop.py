@@ -122,6 +122,8 @@ class Loop(
         "_signal_handlers",
         "_signal_socks",
         "_slow_callback_handler",
+        "_task_stats",
+        "_task_stats_group",
         "_transports",
         "_unix_server_sockets",
         "slow_callback_duration",
@@ -149,6 +151,9 @@ class Loop(
         self._child_pidfds = set()
         # Called (later, on the loop) with each SlowCallback record.
         self._slow_callback_handler = None
+        # Per-task stats (set_task_stats): task -> accumulator, weakly.
+        self._task_stats = None
+        self._task_stats_group = None
         # In debug mode, a callback or task step longer than this (seconds)
         # is logged.
         self.slow_callback_duration = 0.1
@@ -286,6 +291,23 @@ class Loop(
         if threshold is not None:
             self._set_slow_threshold(threshold)
         self._slow_callback_handler = callback
+
+    def set_task_stats(self, enabled=True, group=None):
+        """Per-task stats (opt-in; every callback is then timed and each task
+        step costs a Python call): for every task, or with ``group`` only for
+        tasks whose name starts with it. ``task_stats()`` reads them;
+        turning them off drops what was collected."""
+        if group is not None and not isinstance(group, str):
+            raise TypeError(f"group must be a str or None, got {type(group).__name__}")
+        enabled = bool(enabled)
+        self._task_stats = weakref.WeakKeyDictionary() if enabled else None
+        self._task_stats_group = group if enabled else None
+        self._set_task_stats(enabled)
+
+    def task_stats(self) -> dict:
+        """``{task: TaskStats}`` for the tasks seen since ``set_task_stats``
+        (while they are alive)."""
+        return _stats.task_table(self)
 
     def set_metrics_precise(self, enabled):
         """Precise mode: time every callback (``stats().callback_duration``)."""
@@ -604,6 +626,8 @@ def _check_callback(callback, method):
 # Called by the native loop (src/event_loop/tick.rs, src/metrics/slow.rs).
 _slow_callback = _stats.slow_callback
 _capture_stack = _stats.capture_stack
+_task_created = _stats.task_created
+_task_step = _stats.task_step
 
 
 def _extract_stack():

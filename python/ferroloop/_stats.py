@@ -289,6 +289,97 @@ def utilization(raw: dict, previous: Utilization | None) -> Utilization:
     return Utilization(idle, active, active / total if total > 0 else 0.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskStats:
+    """Per-task stats (``Loop.set_task_stats``), in seconds.
+
+    ``steps``: how many times the task ran; ``total_time`` / ``max_step``:
+    the time its steps took; ``first_step_delay``: from ``create_task`` to
+    its first step (None for a task not made by the loop's ``create_task``
+    while stats were on); ``scheduling_delay_total`` / ``_max``: from a
+    step being scheduled (woken) to it running.
+    """
+
+    name: str
+    coroutine: str
+    steps: int
+    total_time: float
+    max_step: float
+    first_step_delay: float | None
+    scheduling_delay_total: float
+    scheduling_delay_max: float
+    done: bool
+
+
+class _TaskAccumulator:
+    __slots__ = ("created", "first", "max_delay", "max_step", "steps", "total", "total_delay")
+
+    def __init__(self, created=None):
+        self.created = created
+        self.first = None
+        self.steps = 0
+        self.total = self.max_step = 0
+        self.total_delay = self.max_delay = 0
+
+    def snapshot(self, task):
+        first = None
+        if self.created is not None and self.first is not None:
+            first = max(0, self.first - self.created) * _NS
+        coro = task.get_coro()
+        return TaskStats(
+            name=task.get_name(),
+            coroutine=getattr(coro, "__qualname__", None) or type(coro).__qualname__,
+            steps=self.steps,
+            total_time=self.total * _NS,
+            max_step=self.max_step * _NS,
+            first_step_delay=first,
+            scheduling_delay_total=self.total_delay * _NS,
+            scheduling_delay_max=self.max_delay * _NS,
+            done=task.done(),
+        )
+
+
+def _in_group(loop: Any, task: Any) -> bool:
+    group = loop._task_stats_group
+    return group is None or task.get_name().startswith(group)
+
+
+def task_created(loop: Any, task: Any, now_ns: int) -> None:
+    """``create_task`` made ``task`` while per-task stats are on."""
+    if loop._task_stats is not None and _in_group(loop, task):
+        loop._task_stats[task] = _TaskAccumulator(now_ns)
+
+
+def task_step(loop: Any, func: Any, start: int, end: int, scheduled: int) -> None:
+    """A callback ran from ``start`` to ``end`` (CLOCK_MONOTONIC ns), made
+    at ``scheduled`` (0: unknown): if it was a step of one of the loop's
+    tasks, account it."""
+    task = getattr(func, "__self__", None)
+    table = loop._task_stats
+    if table is None or not isinstance(task, _TASK_TYPES) or not _in_group(loop, task):
+        return
+    acc = table.get(task)
+    if acc is None:
+        acc = table[task] = _TaskAccumulator()
+    if acc.first is None:
+        acc.first = start
+    step = end - start
+    acc.steps += 1
+    acc.total += step
+    acc.max_step = max(acc.max_step, step)
+    if scheduled:
+        delay = max(0, start - scheduled)
+        acc.total_delay += delay
+        acc.max_delay = max(acc.max_delay, delay)
+
+
+def task_table(loop: Any) -> dict:
+    table = loop._task_stats
+    if table is None:
+        return {}
+    return {task: acc.snapshot(task) for task, acc in list(table.items())}
+
+
 # --- the slow path: called by the loop after a flagged callback returned ---
 
 

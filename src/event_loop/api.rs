@@ -302,6 +302,10 @@ impl EventLoop {
         self.set_slow_threshold(seconds)
     }
 
+    fn _set_task_stats(&self, enabled: bool) {
+        self.metrics.task_stats.store(enabled, Ordering::Relaxed);
+    }
+
     fn _set_precise_metrics(&self, enabled: bool) {
         self.metrics.precise.store(enabled, Ordering::Relaxed);
     }

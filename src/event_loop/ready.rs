@@ -52,14 +52,18 @@ impl EventLoop {
         } else {
             None
         };
-        Ok(Handle::new(
+        let handle = Handle::new(
             callback.unbind(),
             args.unbind(),
             context.unbind(),
             slf.clone().unbind(),
             tb,
             kind,
-        ))
+        );
+        if slf.get().metrics.task_stats.load(Ordering::Relaxed) {
+            handle.set_scheduled_ns(crate::metrics::clock::monotonic_now_ns());
+        }
+        Ok(handle)
     }
 
     /// Debug-mode checks asyncio makes before scheduling.

@@ -41,6 +41,14 @@ impl EventLoop {
         if this.debug_enabled() {
             py::call_helper(py, "_trim_source_traceback", (&task,))?;
         }
+        if this
+            .metrics
+            .task_stats
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let now = crate::metrics::clock::monotonic_now_ns();
+            py::call_helper(py, "_task_created", (slf, &task, now))?;
+        }
         Ok(task)
     }
 }

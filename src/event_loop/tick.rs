@@ -262,7 +262,9 @@ impl EventLoop {
         }
         m.ready_depth(batch.len());
         let tc = now();
-        let ran = if m.precise.load(Ordering::Relaxed) {
+        let ran = if m.task_stats.load(Ordering::Relaxed) {
+            Self::run_batch::<TASKS>(slf, &mut batch, m)?
+        } else if m.precise.load(Ordering::Relaxed) {
             Self::run_batch::<PRECISE>(slf, &mut batch, m)?
         } else {
             Self::run_batch::<ON>(slf, &mut batch, m)?
@@ -305,7 +307,9 @@ impl EventLoop {
                         continue;
                     }
                     let run = || Self::run_handle(slf, handle.bind(py));
-                    let result = if on {
+                    let result = if MODE == TASKS {
+                        Self::run_task_step(slf, m, &mut meter, &handle, run)
+                    } else if on {
                         let kind = h.kind_raw();
                         if kind != Kind::Ready as u8 {
                             meter.count(py, m, Kind::from_u8(kind), &handle);
@@ -375,6 +379,42 @@ impl EventLoop {
             meter.finish(m, ran);
         }
         Ok(ran)
+    }
+
+    /// A handle run with per-task stats on: metered as in precise mode, and
+    /// if it is a task's step, its start, end and scheduling time go to
+    /// `ferroloop._stats.task_step` (a Python call per callback: opt-in).
+    #[inline(never)]
+    fn run_task_step(
+        slf: &Bound<'_, Self>,
+        m: &LoopMetrics,
+        meter: &mut TickMeter,
+        handle: &Py<Handle>,
+        run: impl FnOnce() -> PyResult<()>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let h = handle.get();
+        let kind = h.kind_raw();
+        if kind != Kind::Ready as u8 {
+            meter.count(py, m, Kind::from_u8(kind), handle);
+        }
+        let func = h.callback_func(py);
+        let start = crate::metrics::clock::monotonic_now_ns();
+        let mut result = meter.run::<TASKS>(m, run);
+        let end = crate::metrics::clock::monotonic_now_ns();
+        meter.check_slow(slf, m, &mut result, kind, || {
+            Ok(handle.bind(py).clone().into_any())
+        });
+        if let Some(func) = func {
+            let args = (slf, func, start, end, h.scheduled_ns());
+            if let Err(err) = py::call_helper(py, "_task_step", args) {
+                if errors::is_exit(py, &err) {
+                    return Err(err);
+                }
+                err.write_unraisable(py, None);
+            }
+        }
+        result
     }
 
     /// A callback the watchdog flagged as slow returned: record it (its
@@ -472,6 +512,8 @@ impl EventLoop {
 const OFF: u8 = 0;
 const ON: u8 = 1;
 const PRECISE: u8 = 2;
+/// Precise, plus per-task stats (opt-in).
+const TASKS: u8 = 3;
 
 /// The metered run's state during one tick's batch (loop thread).
 struct TickMeter {
@@ -510,7 +552,7 @@ impl TickMeter {
     ) -> PyResult<()> {
         self.seq += 2;
         m.slow.enter(self.seq);
-        if MODE != PRECISE {
+        if MODE != PRECISE && MODE != TASKS {
             return run();
         }
         let started = mclock::now();

@@ -131,6 +131,9 @@ pub struct LoopMetrics {
     /// Precise mode only: every callback timed.
     pub callback_ns: Histogram,
     pub precise: AtomicBool,
+    /// Per-task stats (opt-in): task steps are timed and reported to
+    /// `ferroloop._stats.task_step`.
+    pub task_stats: AtomicBool,
 
     pub slow: slow::SlowState,
 
