@@ -918,3 +918,43 @@ def test_task_stats_for_all_tasks_and_off(floop):
     assert after == {}
     with pytest.raises(TypeError, match="group"):
         floop.set_task_stats(True, group=3)
+
+
+WATCHDOG_LIFETIME = """
+import asyncio, os, sys, warnings
+import ferroloop
+
+
+def ours():
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{t}/comm") as f:
+            names.append(f.read().strip())
+    return sorted(n for n in names if n.startswith("ferroloop"))
+
+
+async def main():
+    await asyncio.sleep(0.01)
+    return ours()
+
+
+loop = ferroloop.new_event_loop()
+print(ours())
+print(loop.run_until_complete(main()))
+loop.close()
+print(ours())
+# No thread of ours is left: on 3.12+ fork() would warn in a threaded process.
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+os.waitpid(pid, 0)
+print("forked")
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
+def test_watchdog_thread_lives_while_a_loop_is_open():
+    out = subprocess_output([sys.executable, "-c", WATCHDOG_LIFETIME]).splitlines()
+    assert out == ["[]", "['ferroloop-watch']", "[]", "forked"], out

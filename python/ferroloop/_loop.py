@@ -18,6 +18,7 @@ import traceback
 import warnings
 import weakref
 from asyncio import coroutines, events, format_helpers, futures, tasks
+from collections.abc import Callable
 
 from . import _ferroloop, _stats
 from ._compat import iscoroutinefunction
@@ -275,13 +276,17 @@ class Loop(
         """A snapshot of the loop's metrics (see ``ferroloop.LoopStats``)."""
         return _stats.LoopStats._from_raw(self, self._stats_raw())
 
-    def utilization(self, previous=None) -> _stats.Utilization:
+    def utilization(self, previous: _stats.Utilization | None = None) -> _stats.Utilization:
         """Node.js's ``eventLoopUtilization()``: idle and active seconds since
         the loop was created (or since ``previous``, an earlier result), and
         the active share."""
         return _stats.utilization(self._stats_raw(), previous)
 
-    def set_slow_callback_handler(self, callback, threshold=None):
+    def set_slow_callback_handler(
+        self,
+        callback: Callable[[_stats.SlowCallback], object] | None,
+        threshold: float | None = None,
+    ) -> None:
         """Call ``callback(record)`` (later, on the loop) for every callback
         that runs longer than ``threshold`` seconds (default: the current
         threshold, initially 0.05; at least 0.001). ``None`` removes the
@@ -292,7 +297,7 @@ class Loop(
             self._set_slow_threshold(threshold)
         self._slow_callback_handler = callback
 
-    def set_task_stats(self, enabled=True, group=None):
+    def set_task_stats(self, enabled: bool = True, group: str | None = None) -> None:
         """Per-task stats (opt-in; every callback is then timed and each task
         step costs a Python call): for every task, or with ``group`` only for
         tasks whose name starts with it. ``task_stats()`` reads them;
@@ -304,12 +309,12 @@ class Loop(
         self._task_stats_group = group if enabled else None
         self._set_task_stats(enabled)
 
-    def task_stats(self) -> dict:
+    def task_stats(self) -> dict[asyncio.Task, _stats.TaskStats]:
         """``{task: TaskStats}`` for the tasks seen since ``set_task_stats``
         (while they are alive)."""
         return _stats.task_table(self)
 
-    def set_metrics_precise(self, enabled):
+    def set_metrics_precise(self, enabled: bool) -> None:
         """Precise mode: time every callback (``stats().callback_duration``)."""
         self._set_precise_metrics(bool(enabled))
 

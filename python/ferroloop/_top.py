@@ -32,6 +32,7 @@ N_COUNTERS = 40
 OFF_LATENESS = OFF_COUNTERS + N_COUNTERS * 8
 BUCKETS = 252
 OFF_SLOW, SLOW_SLOTS, SLOT = 2560, 8, 512
+SHOWN_SLOW = 5  # the newest slow callbacks shown per loop
 KINDS = ("ready", "timer", "io", "threadsafe")
 COUNTERS = (
     "ticks",
@@ -271,7 +272,7 @@ def render(pid, now_pages, before_pages, width=100):
         lines.append(
             f"  slow callbacks (over {c['slow_threshold_ns'] / 1e6:g}ms): {c['slow_total']:,}"
         )
-        for e in reversed(cur.slow):
+        for e in list(reversed(cur.slow))[:SHOWN_SLOW]:
             what = f"task {e.task}" if e.task else e.kind
             lines.append(f"    {e.duration * 1e3:8.1f}ms  {what}  {e.handle}"[:width])
             where = e.location or e.innermost

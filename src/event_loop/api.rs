@@ -201,8 +201,11 @@ impl EventLoop {
         Ok(())
     }
 
-    fn _close_native(&self) {
+    fn _close_native(&self, py: Python<'_>) {
         self.close_core();
+        if self.metrics.enabled {
+            crate::metrics::slow::stop_watchdog_if_unused(py);
+        }
     }
 
     #[getter]

@@ -63,6 +63,7 @@ fn counters<'py>(py: Python<'py>, m: &LoopMetrics) -> PyResult<Bound<'py, PyDict
     d.set_item("callbacks", cb)?;
     d.set_item("precise", m.precise.load(Relaxed))?;
     d.set_item("enabled", m.enabled)?;
+    d.set_item("page_writes", m.page_writes.get())?;
     d.set_item("tick_duration", histogram(py, &m.tick_ns)?)?;
     d.set_item("poll_wait", histogram(py, &m.poll_wait_ns)?)?;
     d.set_item("callbacks_per_tick", histogram(py, &m.callbacks_per_tick)?)?;

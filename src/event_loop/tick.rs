@@ -184,11 +184,21 @@ impl EventLoop {
     }
 
     /// Moves due timers to the ready queue and takes what is ready now: the
-    /// handles this tick runs.
-    fn take_ready(&self, py: Python<'_>) -> VecDeque<Ready> {
+    /// handles this tick runs. With timers, also the time it read (and, with
+    /// metrics on, a stamp read with it: timer lateness is measured from
+    /// that pair, see `record_lateness`).
+    fn take_ready(&self, py: Python<'_>) -> (VecDeque<Ready>, Option<TimeAnchor>) {
         let mut core = self.core.lock();
+        let mut anchor = None;
         if !core.timers.is_empty() {
-            let end_time = clock::monotonic() + CLOCK_RESOLUTION;
+            let now = clock::monotonic();
+            if self.metrics.enabled {
+                anchor = Some(TimeAnchor {
+                    mono: now,
+                    stamp: mclock::now(),
+                });
+            }
+            let end_time = now + CLOCK_RESOLUTION;
             while let Some(e) = core.timers.pop_due(end_time) {
                 let timer = e.item;
                 timer.get().set_unscheduled();
@@ -201,7 +211,7 @@ impl EventLoop {
                     .push(Ready::Handle(timer.into_bound(py).into_super().unbind()));
             }
         }
-        core.ready.take_batch()
+        (core.ready.take_batch(), anchor)
     }
 
     pub(crate) fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -253,9 +263,9 @@ impl EventLoop {
         }
         *this.io_events.lock() = io;
 
-        let mut batch = this.take_ready(py);
+        let (mut batch, anchor) = this.take_ready(py);
         if !on {
-            let ran = Self::run_batch::<OFF>(slf, &mut batch, m);
+            let ran = Self::run_batch::<OFF>(slf, &mut batch, m, None);
             this.core.lock().ready.recycle(batch);
             m.ticks.add(1);
             return ran.map(drop);
@@ -263,11 +273,11 @@ impl EventLoop {
         m.ready_depth(batch.len());
         let tc = now();
         let ran = if m.task_stats.load(Ordering::Relaxed) {
-            Self::run_batch::<TASKS>(slf, &mut batch, m)?
+            Self::run_batch::<TASKS>(slf, &mut batch, m, anchor)?
         } else if m.precise.load(Ordering::Relaxed) {
-            Self::run_batch::<PRECISE>(slf, &mut batch, m)?
+            Self::run_batch::<PRECISE>(slf, &mut batch, m, anchor)?
         } else {
-            Self::run_batch::<ON>(slf, &mut batch, m)?
+            Self::run_batch::<ON>(slf, &mut batch, m, anchor)?
         };
         this.core.lock().ready.recycle(batch);
         m.ticks.add(1);
@@ -290,12 +300,14 @@ impl EventLoop {
         slf: &Bound<'_, Self>,
         batch: &mut VecDeque<Ready>,
         m: &LoopMetrics,
+        anchor: Option<TimeAnchor>,
     ) -> PyResult<u64> {
         let py = slf.py();
         let on = MODE != OFF;
         let mut meter = TickMeter {
             seq: m.slow.current() | 1,
             others: 0,
+            anchor,
         };
         let mut ran = 0u64;
         while let Some(item) = batch.pop_front() {
@@ -522,6 +534,15 @@ struct TickMeter {
     /// Callbacks of the batch that are not `Kind::Ready` (counted as they
     /// run; the ready ones are the rest, counted once per tick).
     others: u64,
+    /// The loop time read when due timers were taken, and a stamp with it.
+    anchor: Option<TimeAnchor>,
+}
+
+/// A loop time (`clock::monotonic`) and a metrics stamp read together.
+#[derive(Clone, Copy)]
+struct TimeAnchor {
+    mono: f64,
+    stamp: mclock::Stamp,
 }
 
 impl TickMeter {
@@ -531,7 +552,7 @@ impl TickMeter {
         self.others += 1;
         m.callback_ran(kind);
         if kind == Kind::Timer {
-            record_lateness(py, m, handle);
+            record_lateness(py, m, handle, self.anchor);
         }
     }
 
@@ -593,9 +614,20 @@ impl TickMeter {
 }
 
 /// A timer's lateness: from its deadline to now, when its callback starts.
-fn record_lateness(py: Python<'_>, m: &LoopMetrics, handle: &Py<Handle>) {
+/// Now is the tick's anchor plus the stamps' difference (a few instructions
+/// instead of a clock_gettime per timer).
+fn record_lateness(
+    py: Python<'_>,
+    m: &LoopMetrics,
+    handle: &Py<Handle>,
+    anchor: Option<TimeAnchor>,
+) {
     if let Ok(t) = handle.bind(py).cast::<TimerHandle>() {
-        let late = clock::monotonic() - t.get().when_secs();
+        let now = match anchor {
+            Some(a) => a.mono + mclock::elapsed_ns(a.stamp, mclock::now()) as f64 * 1e-9,
+            None => clock::monotonic(),
+        };
+        let late = now - t.get().when_secs();
         // Early (negative, within the clock's resolution) counts as 0.
         m.timer_lateness_ns.record((late.max(0.0) * 1e9) as u64);
     }

@@ -11,7 +11,8 @@
 //! counter does not stop in sleep), which is what Linux itself requires
 //! before it makes the TSC its clocksource.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Once;
 
 /// How cycles become nanoseconds: `ns = (cycles * mult) >> 32`.
 #[derive(Clone, Copy, Debug)]
@@ -19,7 +20,11 @@ struct TscScale {
     mult: u64,
 }
 
-static SCALE: OnceLock<Option<TscScale>> = OnceLock::new();
+/// The TSC's `mult` once measured; 0 while unknown or if the TSC is not
+/// used (then stamps are CLOCK_MONOTONIC nanoseconds). A plain atomic: the
+/// hot path reads it with one load.
+static MULT: AtomicU64 = AtomicU64::new(0);
+static INIT: Once = Once::new();
 
 fn monotonic_ns() -> u64 {
     let ts = crate::clock::monotonic_timespec();
@@ -76,8 +81,15 @@ fn cycles() -> u64 {
 }
 
 /// Measures the TSC's rate (once per process; ~2 ms the first time).
+///
+/// NOTE: stamps taken before `init` (none are: a loop's metrics call it
+/// when they are made) would be nanoseconds, not cycles.
 pub fn init() {
-    SCALE.get_or_init(calibrate);
+    INIT.call_once(|| {
+        if let Some(s) = calibrate() {
+            MULT.store(s.mult, Relaxed);
+        }
+    });
 }
 
 /// A timestamp for measuring durations: opaque units, see `to_ns`.
@@ -100,9 +112,10 @@ impl Stamp {
 /// Now, cheaply.
 #[inline(always)]
 pub fn now() -> Stamp {
-    match SCALE.get() {
-        Some(Some(_)) => Stamp(cycles()),
-        _ => Stamp(monotonic_ns()),
+    if MULT.load(Relaxed) != 0 {
+        Stamp(cycles())
+    } else {
+        Stamp(monotonic_ns())
     }
 }
 
@@ -110,9 +123,9 @@ pub fn now() -> Stamp {
 #[inline(always)]
 pub fn elapsed_ns(a: Stamp, b: Stamp) -> u64 {
     let d = b.0.saturating_sub(a.0);
-    match SCALE.get() {
-        Some(Some(s)) => ((d as u128 * s.mult as u128) >> 32) as u64,
-        _ => d,
+    match MULT.load(Relaxed) {
+        0 => d,
+        mult => ((d as u128 * mult as u128) >> 32) as u64,
     }
 }
 

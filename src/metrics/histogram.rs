@@ -87,6 +87,19 @@ impl Histogram {
         }
     }
 
+    /// `(count, sum, max)` and each bucket's count, without allocating.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.count.load(Relaxed),
+            self.sum.load(Relaxed),
+            self.max.load(Relaxed),
+        )
+    }
+
+    pub fn bucket_counts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.counts.iter().map(|c| c.load(Relaxed))
+    }
+
     pub fn snapshot(&self) -> HistogramSnapshot {
         HistogramSnapshot {
             counts: self.counts.iter().map(|c| c.load(Relaxed)).collect(),

@@ -141,6 +141,8 @@ pub struct LoopMetrics {
     /// loop first runs), and when it was last written (a `clock::Stamp`).
     pub page: OnceLock<page::Page>,
     pub published: Counter,
+    /// How many times the page was written.
+    pub page_writes: Counter,
 }
 
 /// `FERROLOOP_METRICS`: `0`/`off` turns the per-tick and per-callback
@@ -242,6 +244,7 @@ impl LoopMetrics {
         if let Some(p) = self.page.get() {
             if clock::elapsed_ns(clock::Stamp::from_raw(self.published.get()), now) >= 1_000_000 {
                 self.published.set(now.raw());
+                self.page_writes.add(1);
                 p.publish(self, clock::monotonic_now_ns());
             }
         }
@@ -251,6 +254,7 @@ impl LoopMetrics {
     pub fn publish_now(&self) {
         if let Some(p) = self.page.get() {
             self.published.set(clock::now().raw());
+            self.page_writes.add(1);
             p.publish(self, clock::monotonic_now_ns());
         }
     }

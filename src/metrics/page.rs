@@ -232,13 +232,15 @@ impl Page {
         for (i, v) in counters(m).into_iter().enumerate() {
             self.word(OFF_COUNTERS + i * 8).store(v, Ordering::Relaxed);
         }
-        let h = m.timer_lateness_ns.snapshot();
-        self.word(OFF_LATENESS).store(h.count, Ordering::Relaxed);
-        self.word(OFF_LATENESS + 8).store(h.sum, Ordering::Relaxed);
-        self.word(OFF_LATENESS + 16).store(h.max, Ordering::Relaxed);
-        for (i, c) in h.counts.iter().enumerate().take(BUCKETS) {
+        // Straight from the atomics: no allocation on the loop thread.
+        let h = &m.timer_lateness_ns;
+        let (count, sum, max) = h.totals();
+        self.word(OFF_LATENESS).store(count, Ordering::Relaxed);
+        self.word(OFF_LATENESS + 8).store(sum, Ordering::Relaxed);
+        self.word(OFF_LATENESS + 16).store(max, Ordering::Relaxed);
+        for (i, c) in h.bucket_counts().enumerate().take(BUCKETS) {
             self.word(OFF_LATENESS + 24 + i * 8)
-                .store(*c, Ordering::Relaxed);
+                .store(c, Ordering::Relaxed);
         }
         self.publish_slow(m);
         fence(Ordering::Release);

@@ -10,7 +10,7 @@
 //! middle of the window it started in); its end is read when it returns.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -206,9 +206,17 @@ impl SlowState {
 const PERIOD_MIN_NS: u64 = 250_000;
 const PERIOD_MAX_NS: u64 = 25_000_000;
 
-/// The watchdog thread's process, and whether it may enter Python.
-static WATCHDOG_PID: AtomicU32 = AtomicU32::new(0);
-static WATCHDOG: Mutex<Option<std::thread::Thread>> = Mutex::new(None);
+/// The watchdog thread: it runs while this process has an open loop with
+/// metrics on, and is joined when the last one closes (so a process that
+/// forks after its loops are closed has no thread of ours: Python 3.12+
+/// warns about fork() in a multi-threaded process).
+struct Watchdog {
+    thread: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    pid: u32,
+}
+
+static WATCHDOG: Mutex<Option<Watchdog>> = Mutex::new(None);
 /// False once the interpreter is exiting (set from `atexit`).
 static PYTHON_OK: AtomicBool = AtomicBool::new(true);
 /// The watchdog is inside Python (or about to enter it).
@@ -219,23 +227,49 @@ static IN_PYTHON: AtomicBool = AtomicBool::new(false);
 pub fn ensure_watchdog() {
     let pid = std::process::id();
     let mut wd = WATCHDOG.lock();
-    if WATCHDOG_PID.load(Ordering::Relaxed) != pid || wd.is_none() {
-        let spawned = std::thread::Builder::new()
-            .name("ferroloop-watchdog".into())
-            .spawn(watchdog_main);
-        if let Ok(handle) = spawned {
-            *wd = Some(handle.thread().clone());
-            WATCHDOG_PID.store(pid, Ordering::Relaxed);
+    match wd.take() {
+        Some(w) if w.pid == pid => {
+            w.thread.thread().unpark();
+            *wd = Some(w);
+            return;
         }
-        return;
+        // The parent's, copied by fork(): that thread does not exist here,
+        // so its handle is neither joined nor detached.
+        Some(w) => std::mem::forget(w),
+        None => {}
     }
-    if let Some(t) = wd.as_ref() {
-        t.unpark();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ferroloop-watchdog".into())
+        .spawn(move || watchdog_main(&flag));
+    if let Ok(thread) = spawned {
+        *wd = Some(Watchdog { thread, stop, pid });
     }
 }
 
-fn watchdog_main() {
-    loop {
+/// Stops and joins the watchdog if no open loop is left (a loop closed).
+pub fn stop_watchdog_if_unused(py: Python<'_>) {
+    if !all_loops().is_empty() {
+        return;
+    }
+    let Some(w) = WATCHDOG.lock().take() else {
+        return;
+    };
+    if w.pid != std::process::id() {
+        std::mem::forget(w);
+        return;
+    }
+    w.stop.store(true, Ordering::Release);
+    w.thread.thread().unpark();
+    // Without the GIL: the watchdog may be waiting for it to take a stack.
+    py.detach(|| {
+        let _ = w.thread.join();
+    });
+}
+
+fn watchdog_main(stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
         let loops: Vec<Arc<LoopMetrics>> = all_loops()
             .into_iter()
             .filter(|m| m.native_thread.load(Ordering::Relaxed) != 0)
@@ -251,7 +285,7 @@ fn watchdog_main() {
             .unwrap_or(DEFAULT_THRESHOLD_NS);
         let period = (threshold / 4).clamp(PERIOD_MIN_NS, PERIOD_MAX_NS);
         drop(loops); // a closed loop is not kept alive while we sleep
-        std::thread::sleep(Duration::from_nanos(period));
+        std::thread::park_timeout(Duration::from_nanos(period));
         let now = clock::monotonic_now_ns();
         for m in all_loops() {
             if m.native_thread.load(Ordering::Relaxed) == 0 {
@@ -304,5 +338,4 @@ pub fn python_exiting(py: Python<'_>) {
 /// next loop that runs), and the parent's was not in our Python.
 pub fn after_fork_in_child() {
     IN_PYTHON.store(false, Ordering::SeqCst);
-    WATCHDOG_PID.store(0, Ordering::Relaxed);
 }
