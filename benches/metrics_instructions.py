@@ -116,33 +116,42 @@ def main():
     ap.add_argument("--n2", type=int, default=60_000)
     ap.add_argument("--python", action="append", default=[], help="another interpreter")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--modes", default=",".join(MODES), help="subset of off,on,precise")
+    ap.add_argument("--workloads", default="batch,chain", help="subset of batch,chain")
+    ap.add_argument("--no-page", action="store_true", help="skip the stats page's cost")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     if args.n2 <= args.n1:
         sys.exit("--n2 must be larger than --n1")
+    modes = [m for m in args.modes.split(",") if m]
+    workloads = [w for w in args.workloads.split(",") if w]
+    if set(modes) - set(MODES) or set(workloads) - {"batch", "chain"} or "off" not in modes:
+        sys.exit("--modes: off,on,precise (off included); --workloads: batch,chain")
     rows = []
     for python in [sys.executable, *args.python]:
         label = "" if python == sys.executable else f" [{python}]"
-        for pattern in ("batch", "chain"):
+        for pattern in workloads:
             base = None
-            for mode in MODES:
+            for mode in modes:
                 a, _ = instructions(python, mode, args.n1, pattern)
                 b, _ = instructions(python, mode, args.n2, pattern)
                 per = (b - a) / (args.n2 - args.n1)
                 base = per if mode == "off" else base
                 rows.append((pattern + label, mode, per, per / base - 1))
                 print(f"{pattern}{label} {mode}: {per:,.0f} instructions", file=sys.stderr)
-    # One write of the stats page: the chain workload with and without it.
-    off, _ = instructions(sys.executable, "on", args.n2, "chain")
-    on, writes = instructions(sys.executable, "on", args.n2, "chain", page=True)
-    page_note = (
-        f"stats page: {(on - off) / writes:,.0f} instructions per write "
-        f"({writes} writes measured), at most 1,000 writes per second"
-        if writes
-        else "stats page: not written (no tmpfs?)"
-    )
-    print(page_note, file=sys.stderr)
+    page_note = ""
+    if not args.no_page:
+        # One write of the stats page: the chain workload with and without it.
+        off, _ = instructions(sys.executable, "on", args.n2, "chain")
+        on, writes = instructions(sys.executable, "on", args.n2, "chain", page=True)
+        page_note = (
+            f"stats page: {(on - off) / writes:,.0f} instructions per write "
+            f"({writes} writes measured), at most 1,000 writes per second"
+            if writes
+            else "stats page: not written (no tmpfs?)"
+        )
+        print(page_note, file=sys.stderr)
     sep = " | " if args.markdown else "  "
     head = ["workload", "metrics", "instructions per callback", "vs off"]
     if args.markdown:
@@ -153,8 +162,9 @@ def main():
     for pattern, mode, per, extra in rows:
         cells = [pattern, mode, f"{per:,.0f}", f"{extra * 100:+.1f}%"]
         print(("| " + sep.join(cells) + " |") if args.markdown else sep.join(cells))
-    print()
-    print(page_note)
+    if page_note:
+        print()
+        print(page_note)
 
 
 if __name__ == "__main__":

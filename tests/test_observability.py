@@ -467,7 +467,7 @@ def test_ring_keeps_the_last_256(floop):
 
     floop.set_slow_callback_handler(None, 0.001)
     for i in range(260):
-        floop._push_slow_record(float(i), 0.1, "ready", f"h{i}", None, None, None, None, None)
+        floop._push_slow_record((float(i), 0.1, "ready", f"h{i}", None, None, None, None, None))
     recs = ferroloop.slow_callbacks(floop)
     assert len(recs) == 256
     assert recs[0].handle == "h4" and recs[-1].handle == "h259"

@@ -415,7 +415,7 @@ def describe_callback(obj: Any) -> tuple[str, Any, Any, Any, Any]:
 def slow_callback(loop: Any, obj: Any, kind: str, start: float, duration: float, stack: Any):
     text, task, coro, started, location = describe_callback(obj)
     stack = stack or None
-    loop._push_slow_record(start, duration, kind, text, task, coro, started, location, stack)
+    loop._push_slow_record((start, duration, kind, text, task, coro, started, location, stack))
     handler = loop._slow_callback_handler
     if handler is not None:
         record = SlowCallback(start, duration, kind, text, task, coro, started, location, stack)

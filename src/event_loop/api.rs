@@ -282,23 +282,9 @@ impl EventLoop {
         self.metrics.slow.clear();
     }
 
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (start, duration, kind, repr, task, coro, started_at, location, stack))]
-    fn _push_slow_record(
-        &self,
-        start: f64,
-        duration: f64,
-        kind: &str,
-        repr: String,
-        task: Option<String>,
-        coro: Option<String>,
-        started_at: Option<String>,
-        location: Option<String>,
-        stack: Option<String>,
-    ) {
-        self.push_slow_record(
-            start, duration, kind, repr, task, coro, started_at, location, stack,
-        );
+    /// Adds a slow-callback record (a `SlowCallback`'s fields, in order).
+    fn _push_slow_record(&self, record: super::stats::SlowTuple) {
+        self.push_slow_record(record);
     }
 
     fn _set_slow_threshold(&self, seconds: f64) -> PyResult<()> {

@@ -12,6 +12,20 @@ use crate::metrics::histogram::{upper_bound, Histogram};
 use crate::metrics::slow::{SlowRecord, MIN_THRESHOLD_NS};
 use crate::metrics::{Kind, LoopMetrics, KIND_NAMES};
 
+/// A slow-callback record as Python sees it (`SlowCallback`'s fields):
+/// `(start, duration, kind, repr, task, coro, started_at, location, stack)`.
+pub(crate) type SlowTuple = (
+    f64,
+    f64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// `(buckets, count, sum, max)`, buckets as `(upper bound, count)` pairs of
 /// the non-empty ones.
 fn histogram<'py>(py: Python<'py>, h: &Histogram) -> PyResult<Bound<'py, PyTuple>> {
@@ -77,39 +91,29 @@ impl EventLoop {
         counters(py, &self.metrics)
     }
 
-    /// The slow-callback records, oldest first, as tuples of
-    /// `(start, duration, kind, repr, task, coro, started_at, location, stack)`.
+    /// The slow-callback records, oldest first, as `SlowTuple`s.
     pub(crate) fn slow_records<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         for r in self.metrics.slow.records() {
-            out.append((
+            let t: SlowTuple = (
                 r.start,
                 r.duration,
-                r.kind.name(),
+                r.kind.name().to_string(),
                 r.repr,
                 r.task,
                 r.coro,
                 r.started_at,
                 r.location,
                 r.stack,
-            ))?;
+            );
+            out.append(t)?;
         }
         Ok(out)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn push_slow_record(
-        &self,
-        start: f64,
-        duration: f64,
-        kind: &str,
-        repr: String,
-        task: Option<String>,
-        coro: Option<String>,
-        started_at: Option<String>,
-        location: Option<String>,
-        stack: Option<String>,
-    ) {
+    /// Adds a record to the ring (`ferroloop._stats.slow_callback` built it).
+    pub(crate) fn push_slow_record(&self, record: SlowTuple) {
+        let (start, duration, kind, repr, task, coro, started_at, location, stack) = record;
         let kind = KIND_NAMES
             .iter()
             .position(|k| *k == kind)

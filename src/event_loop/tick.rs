@@ -326,11 +326,8 @@ impl EventLoop {
                         if kind != Kind::Ready as u8 {
                             meter.count(py, m, Kind::from_u8(kind), &handle);
                         }
-                        let mut r = meter.run::<MODE>(m, run);
-                        meter.check_slow(slf, m, &mut r, kind, || {
-                            Ok(handle.bind(py).clone().into_any())
-                        });
-                        r
+                        let r = meter.run::<MODE>(m, run);
+                        meter.check_slow(slf, m, r, kind, || Ok(handle.bind(py).clone().into_any()))
                     } else {
                         run()
                     };
@@ -341,15 +338,14 @@ impl EventLoop {
                     let run = || StreamTransport::on_ready(transport.bind(py), slf, dir);
                     if on {
                         meter.count_io(m);
-                        let mut r = meter.run::<MODE>(m, run);
-                        meter.check_slow(slf, m, &mut r, Kind::Io as u8, || {
+                        let r = meter.run::<MODE>(m, run);
+                        meter.check_slow(slf, m, r, Kind::Io as u8, || {
                             let name = match dir {
                                 Direction::Read => intern!(py, "_read_ready"),
                                 Direction::Write => intern!(py, "_write_ready"),
                             };
                             transport.bind(py).getattr(name)
-                        });
-                        r
+                        })
                     } else {
                         run()
                     }
@@ -363,11 +359,10 @@ impl EventLoop {
                     };
                     if on {
                         meter.count_io(m);
-                        let mut r = meter.run::<MODE>(m, run);
-                        meter.check_slow(slf, m, &mut r, Kind::Io as u8, || {
+                        let r = meter.run::<MODE>(m, run);
+                        meter.check_slow(slf, m, r, Kind::Io as u8, || {
                             Ok(waiter.bind(py).clone().into_any())
-                        });
-                        r
+                        })
                     } else {
                         run()
                     }
@@ -412,9 +407,9 @@ impl EventLoop {
         }
         let func = h.callback_func(py);
         let start = crate::metrics::clock::monotonic_now_ns();
-        let mut result = meter.run::<TASKS>(m, run);
+        let result = meter.run::<TASKS>(m, run);
         let end = crate::metrics::clock::monotonic_now_ns();
-        meter.check_slow(slf, m, &mut result, kind, || {
+        let result = meter.check_slow(slf, m, result, kind, || {
             Ok(handle.bind(py).clone().into_any())
         });
         if let Some(func) = func {
@@ -583,25 +578,34 @@ impl TickMeter {
         result
     }
 
-    /// The callback returned into `result`: if the watchdog flagged it,
-    /// record it as slow (`obj`: what it ran, `kind`: a `Kind as u8`).
+    /// The callback returned `result`: if the watchdog flagged it, record
+    /// it as slow (`obj`: what it ran, `kind`: a `Kind as u8`).
     #[inline(always)]
     fn check_slow<'py>(
         &self,
         slf: &Bound<'py, EventLoop>,
         m: &LoopMetrics,
-        result: &mut PyResult<()>,
+        result: PyResult<()>,
         kind: u8,
         obj: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
-    ) {
-        if m.slow.flagged(self.seq) {
-            let kind = Kind::from_u8(kind);
-            if let Err(e) = EventLoop::slow_callback(slf, obj(), kind, self.seq) {
-                if result.is_ok() {
-                    *result = Err(e);
-                }
-            }
+    ) -> PyResult<()> {
+        if !m.slow.flagged(self.seq) {
+            return result;
         }
+        Self::after_slow(slf, result, obj(), Kind::from_u8(kind), self.seq)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn after_slow<'py>(
+        slf: &Bound<'py, EventLoop>,
+        result: PyResult<()>,
+        obj: PyResult<Bound<'py, PyAny>>,
+        kind: Kind,
+        seq: u64,
+    ) -> PyResult<()> {
+        let reported = EventLoop::slow_callback(slf, obj, kind, seq);
+        result.and(reported)
     }
 
     /// The batch ended after `ran` callbacks: count the ready ones and tell
