@@ -589,6 +589,15 @@ def test_serve_reports_a_busy_port():
         assert e.value.errno is not None
 
 
+# The open loop's watchdog thread (and pytest-timeout's) make this process
+# multi-threaded; 3.12+ warns on fork() then. The children here only make
+# and run a loop of their own and exit.
+forks_threaded = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
+
+
+@forks_threaded
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_exports_its_own_loop(floop):
     import ferroloop
@@ -819,6 +828,7 @@ def test_top_on_a_missing_process():
 
 
 @needs_shm
+@forks_threaded
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_publishes_its_own_page(floop):
     import ferroloop
