@@ -329,7 +329,7 @@ impl EventLoop {
                         let r = meter.run::<MODE>(m, run);
                         meter.check_slow(slf, m, r, kind, || Ok(handle.bind(py).clone().into_any()))
                     } else {
-                        run()
+                        outcome(run())
                     };
                     handles::release(py, handle);
                     result
@@ -347,7 +347,7 @@ impl EventLoop {
                             transport.bind(py).getattr(name)
                         })
                     } else {
-                        run()
+                        outcome(run())
                     }
                 }
                 Ready::SockRecv(waiter) => {
@@ -364,7 +364,7 @@ impl EventLoop {
                             Ok(waiter.bind(py).clone().into_any())
                         })
                     } else {
-                        run()
+                        outcome(run())
                     }
                 }
             };
@@ -379,7 +379,7 @@ impl EventLoop {
                     .lock()
                     .ready
                     .requeue_front(std::mem::take(batch));
-                return Err(err);
+                return Err(*err);
             }
         }
         if on {
@@ -398,7 +398,7 @@ impl EventLoop {
         meter: &mut TickMeter,
         handle: &Py<Handle>,
         run: impl FnOnce() -> PyResult<()>,
-    ) -> PyResult<()> {
+    ) -> Outcome {
         let py = slf.py();
         let h = handle.get();
         let kind = h.kind_raw();
@@ -416,7 +416,7 @@ impl EventLoop {
             let args = (slf, func, start, end, h.scheduled_ns());
             if let Err(err) = py::call_helper(py, "_task_step", args) {
                 if errors::is_exit(py, &err) {
-                    return Err(err);
+                    return Err(Box::new(err));
                 }
                 err.write_unraisable(py, None);
             }
@@ -515,6 +515,16 @@ impl EventLoop {
     }
 }
 
+/// A callback's outcome in one word: the (rare) error boxed, so the batch
+/// loop moves 8 bytes per callback instead of a 72-byte `PyResult<()>`
+/// (each move of which is ~10 instructions).
+type Outcome = Result<(), Box<PyErr>>;
+
+#[inline(always)]
+fn outcome(r: PyResult<()>) -> Outcome {
+    r.map_err(Box::new)
+}
+
 /// `run_batch` modes.
 const OFF: u8 = 0;
 const ON: u8 = 1;
@@ -565,14 +575,14 @@ impl TickMeter {
         &mut self,
         m: &LoopMetrics,
         run: impl FnOnce() -> PyResult<()>,
-    ) -> PyResult<()> {
+    ) -> Outcome {
         self.seq += 2;
         m.slow.enter(self.seq);
         if MODE != PRECISE && MODE != TASKS {
-            return run();
+            return outcome(run());
         }
         let started = mclock::now();
-        let result = run();
+        let result = outcome(run());
         m.callback_ns
             .record(mclock::elapsed_ns(started, mclock::now()));
         result
@@ -585,10 +595,10 @@ impl TickMeter {
         &self,
         slf: &Bound<'py, EventLoop>,
         m: &LoopMetrics,
-        result: PyResult<()>,
+        result: Outcome,
         kind: u8,
         obj: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
-    ) -> PyResult<()> {
+    ) -> Outcome {
         if !m.slow.flagged(self.seq) {
             return result;
         }
@@ -599,13 +609,13 @@ impl TickMeter {
     #[inline(never)]
     fn after_slow<'py>(
         slf: &Bound<'py, EventLoop>,
-        result: PyResult<()>,
+        result: Outcome,
         obj: PyResult<Bound<'py, PyAny>>,
         kind: Kind,
         seq: u64,
-    ) -> PyResult<()> {
+    ) -> Outcome {
         let reported = EventLoop::slow_callback(slf, obj, kind, seq);
-        result.and(reported)
+        result.and(outcome(reported))
     }
 
     /// The batch ended after `ran` callbacks: count the ready ones and tell
