@@ -268,9 +268,7 @@ class Loop(
             if not self.is_running():
                 self.close()
 
-    # -- debug mode ----------------------------------------------------------
-
-    # --- observability (src/metrics, ferroloop._stats) ---
+    # -- observability (src/metrics, ferroloop._stats) -----------------------
 
     def stats(self) -> _stats.LoopStats:
         """A snapshot of the loop's metrics (see ``ferroloop.LoopStats``)."""
@@ -317,6 +315,8 @@ class Loop(
     def set_metrics_precise(self, enabled: bool) -> None:
         """Precise mode: time every callback (``stats().callback_duration``)."""
         self._set_precise_metrics(bool(enabled))
+
+    # -- debug mode ----------------------------------------------------------
 
     def set_debug(self, enabled):
         self._set_debug_flag(bool(enabled))
