@@ -47,6 +47,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(metrics::py_openmetrics, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::py_python_exiting, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::py_histogram_bounds, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::py_value_names, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

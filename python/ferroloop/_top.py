@@ -24,7 +24,7 @@ from . import _ferroloop
 PAGE_DIR = "/dev/shm"
 SIZE = 8192
 MAGIC = b"FLSTATS1"
-VERSION = 1
+VERSION = 2
 OFF_SEQ, OFF_VERSION, OFF_PID, OFF_LOOP, OFF_TID = 8, 16, 24, 32, 40
 OFF_PUBLISHED, OFF_POLLING_SINCE, OFF_SLOW_SINCE = 48, 56, 64
 OFF_COUNTERS = 128
@@ -34,35 +34,8 @@ BUCKETS = 252
 OFF_SLOW, SLOW_SLOTS, SLOT = 2560, 8, 512
 SHOWN_SLOW = 5  # the newest slow callbacks shown per loop
 KINDS = ("ready", "timer", "io", "threadsafe")
-COUNTERS = (
-    "ticks",
-    "polls",
-    "polls_blocking",
-    "fd_read_events",
-    "fd_write_events",
-    "cb_ready",
-    "cb_timer",
-    "cb_io",
-    "cb_threadsafe",
-    "wakeups",
-    "timers_scheduled",
-    "timers_fired",
-    "timers_cancelled",
-    "tasks_created",
-    "transports_opened",
-    "transports_closed",
-    "bytes_received",
-    "bytes_sent",
-    "tls_handshakes",
-    "ready_last",
-    "ready_max",
-    "run_ns",
-    "idle_ns",
-    "poll_ns",
-    "callbacks_ns",
-    "slow_total",
-    "slow_threshold_ns",
-)
+# The counters' names in page order (src/metrics/mod.rs, VALUES).
+COUNTERS = tuple(_ferroloop._value_names())
 
 
 def _u64(buf, off):
@@ -265,12 +238,12 @@ def render(pid, now_pages, before_pages, width=100):
                 f"  p99 {_ms(_quantile(cur.lateness, 0.99, cap))}  max {_ms(cap)}"
             )
         lines.append(
-            f"  queue {c['ready_last']:,} (max {c['ready_max']:,})"
+            f"  queue {c['ready_queue_depth']:,} (max {c['ready_queue_depth_max']:,})"
             f"   transports {max(0, c['transports_opened'] - c['transports_closed']):,}"
             f"   tasks created {c['tasks_created']:,}"
         )
         lines.append(
-            f"  slow callbacks (over {c['slow_threshold_ns'] / 1e6:g}ms): {c['slow_total']:,}"
+            f"  slow callbacks (over {c['slow_threshold_ns'] / 1e6:g}ms): {c['slow_callbacks']:,}"
         )
         for e in list(reversed(cur.slow))[:SHOWN_SLOW]:
             what = f"task {e.task}" if e.task else e.kind

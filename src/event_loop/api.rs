@@ -278,10 +278,6 @@ impl EventLoop {
         self.slow_records(py)
     }
 
-    fn _clear_slow_records(&self) {
-        self.metrics.slow.clear();
-    }
-
     /// Adds a slow-callback record (a `SlowCallback`'s fields, in order).
     fn _push_slow_record(&self, record: super::stats::SlowTuple) {
         self.push_slow_record(record);

@@ -133,8 +133,8 @@ impl EventLoop {
             task_factory: Mutex::new(None),
             io_events: Mutex::new(Vec::new()),
             io_busy: AtomicBool::new(false),
-            metrics: LoopMetrics::new(FORK_GENERATION.load(Ordering::Relaxed)),
-            fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
+            metrics: LoopMetrics::new(fork_generation()),
+            fork_generation: fork_generation(),
             creator_pid: std::process::id(),
         })
     }
@@ -165,7 +165,7 @@ impl EventLoop {
 
     #[inline]
     pub(crate) fn check_not_forked(&self) -> PyResult<()> {
-        if self.fork_generation != FORK_GENERATION.load(Ordering::Relaxed) {
+        if self.fork_generation != fork_generation() {
             return Err(self.forked_error());
         }
         Ok(())

@@ -10,7 +10,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use super::EventLoop;
 use crate::metrics::histogram::{upper_bound, Histogram};
 use crate::metrics::slow::{SlowRecord, MIN_THRESHOLD_NS};
-use crate::metrics::{Kind, LoopMetrics, KIND_NAMES};
+use crate::metrics::{Kind, LoopMetrics, KIND_NAMES, VALUES};
 
 /// A slow-callback record as Python sees it (`SlowCallback`'s fields):
 /// `(start, duration, kind, repr, task, coro, started_at, location, stack)`.
@@ -36,39 +36,14 @@ fn histogram<'py>(py: Python<'py>, h: &Histogram) -> PyResult<Bound<'py, PyTuple
             buckets.append((upper_bound(i), c))?;
         }
     }
-    (buckets, s.counts.iter().sum::<u64>(), s.sum, s.max).into_pyobject(py)
+    (buckets, s.count, s.sum, s.max).into_pyobject(py)
 }
 
 fn counters<'py>(py: Python<'py>, m: &LoopMetrics) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    let pairs: [(&str, u64); 24] = [
-        ("loop_id", m.id),
-        ("ticks", m.ticks.get()),
-        ("polls", m.polls.get()),
-        ("polls_blocking", m.polls_blocking.get()),
-        ("fd_read_events", m.fd_read_events.get()),
-        ("fd_write_events", m.fd_write_events.get()),
-        ("threadsafe_wakeups", m.wakeups.load(Relaxed)),
-        ("timers_scheduled", m.timers_scheduled.get()),
-        ("timers_fired", m.timers_fired.get()),
-        ("timers_cancelled", m.timers_cancelled.get()),
-        ("tasks_created", m.tasks_created.get()),
-        ("transports_opened", m.transports_opened.get()),
-        ("transports_closed", m.transports_closed.get()),
-        ("bytes_received", m.bytes_received.get()),
-        ("bytes_sent", m.bytes_sent.get()),
-        ("tls_handshakes", m.tls_handshakes.get()),
-        ("ready_queue_depth", m.ready_last.get()),
-        ("ready_queue_depth_max", m.ready_max.get()),
-        ("run_ns", m.run_ns.get()),
-        ("idle_ns", m.idle_ns.get()),
-        ("poll_ns", m.poll_ns.get()),
-        ("callbacks_ns", m.callbacks_ns.get()),
-        ("slow_callbacks", m.slow.total.load(Relaxed)),
-        ("slow_threshold_ns", m.slow.threshold_ns.load(Relaxed)),
-    ];
-    for (k, v) in pairs {
-        d.set_item(k, v)?;
+    d.set_item("loop_id", m.id)?;
+    for (k, get) in VALUES {
+        d.set_item(*k, get(m))?;
     }
     let cb = PyDict::new(py);
     for (k, c) in KIND_NAMES.iter().zip(&m.callbacks) {
@@ -77,7 +52,6 @@ fn counters<'py>(py: Python<'py>, m: &LoopMetrics) -> PyResult<Bound<'py, PyDict
     d.set_item("callbacks", cb)?;
     d.set_item("precise", m.precise.load(Relaxed))?;
     d.set_item("enabled", m.enabled)?;
-    d.set_item("page_writes", m.page_writes.get())?;
     d.set_item("tick_duration", histogram(py, &m.tick_ns)?)?;
     d.set_item("poll_wait", histogram(py, &m.poll_wait_ns)?)?;
     d.set_item("callbacks_per_tick", histogram(py, &m.callbacks_per_tick)?)?;
@@ -94,7 +68,7 @@ impl EventLoop {
     /// The slow-callback records, oldest first, as `SlowTuple`s.
     pub(crate) fn slow_records<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
-        for r in self.metrics.slow.records() {
+        for r in self.metrics.slow.last(crate::metrics::slow::RING) {
             let t: SlowTuple = (
                 r.start,
                 r.duration,

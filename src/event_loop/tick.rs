@@ -17,7 +17,6 @@ use super::{Core, EventLoop};
 use crate::clock;
 use crate::errors;
 use crate::handles::{self, Handle, TimerHandle};
-use crate::io::fd_watchers::Direction;
 use crate::io::poller::{IoEvent, PollOutcome};
 use crate::metrics::clock as mclock;
 use crate::metrics::{Kind, LoopMetrics};
@@ -291,9 +290,9 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Runs the tick's batch (`MODE`: metrics `OFF`, `ON` or `PRECISE`, one
-    /// copy of the loop each, so the off and on paths test nothing per
-    /// callback). Returns how many callbacks ran; on an error the rest of
+    /// Runs the tick's batch (`MODE`: metrics `OFF`, `ON`, `PRECISE` or
+    /// `TASKS`, one copy of the loop each, so the off and on paths test
+    /// nothing per callback). Returns how many callbacks ran; on an error the rest of
     /// the batch goes back to the front of the ready queue.
     #[inline(always)]
     fn run_batch<const MODE: u8>(
@@ -340,11 +339,7 @@ impl EventLoop {
                         meter.count_io(m);
                         let r = meter.run::<MODE>(m, run);
                         meter.check_slow(slf, m, r, Kind::Io as u8, || {
-                            let name = match dir {
-                                Direction::Read => intern!(py, "_read_ready"),
-                                Direction::Write => intern!(py, "_write_ready"),
-                            };
-                            transport.bind(py).getattr(name)
+                            StreamTransport::ready_method(transport.bind(py), dir)
                         })
                     } else {
                         outcome(run())

@@ -46,7 +46,6 @@ pub fn upper_bound(i: usize) -> u64 {
 /// writer uses plain load+store instead of locked read-modify-writes.
 pub struct Histogram {
     counts: [AtomicU64; BUCKETS],
-    count: AtomicU64,
     sum: AtomicU64,
     max: AtomicU64,
 }
@@ -55,7 +54,6 @@ impl Default for Histogram {
     fn default() -> Self {
         Self {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
             sum: AtomicU64::new(0),
             max: AtomicU64::new(0),
         }
@@ -80,20 +78,15 @@ impl Histogram {
     #[inline(always)]
     pub fn record(&self, v: u64) {
         bump(&self.counts[index(v)], 1);
-        bump(&self.count, 1);
         bump(&self.sum, v);
         if v > self.max.load(Relaxed) {
             self.max.store(v, Relaxed);
         }
     }
 
-    /// `(count, sum, max)` and each bucket's count, without allocating.
-    pub fn totals(&self) -> (u64, u64, u64) {
-        (
-            self.count.load(Relaxed),
-            self.sum.load(Relaxed),
-            self.max.load(Relaxed),
-        )
+    /// `(sum, max)`, without allocating (the count is the buckets' sum).
+    pub fn sum_max(&self) -> (u64, u64) {
+        (self.sum.load(Relaxed), self.max.load(Relaxed))
     }
 
     pub fn bucket_counts(&self) -> impl Iterator<Item = u64> + '_ {
@@ -101,9 +94,10 @@ impl Histogram {
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
+        let counts: Vec<u64> = self.bucket_counts().collect();
         HistogramSnapshot {
-            counts: self.counts.iter().map(|c| c.load(Relaxed)).collect(),
-            count: self.count.load(Relaxed),
+            count: counts.iter().sum(),
+            counts,
             sum: self.sum.load(Relaxed),
             max: self.max.load(Relaxed),
         }

@@ -167,6 +167,44 @@ impl Mode {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A loop's scalar counters and gauges, by name, in one place: the raw
+/// snapshot behind `loop.stats()` has one key per entry, and the stats page
+/// stores them in this order (`ferroloop._top` reads the names from here).
+pub type Value = (&'static str, fn(&LoopMetrics) -> u64);
+
+pub const VALUES: &[Value] = &[
+    ("ticks", |m| m.ticks.get()),
+    ("polls", |m| m.polls.get()),
+    ("polls_blocking", |m| m.polls_blocking.get()),
+    ("fd_read_events", |m| m.fd_read_events.get()),
+    ("fd_write_events", |m| m.fd_write_events.get()),
+    ("cb_ready", |m| m.callbacks[Kind::Ready as usize].get()),
+    ("cb_timer", |m| m.callbacks[Kind::Timer as usize].get()),
+    ("cb_io", |m| m.callbacks[Kind::Io as usize].get()),
+    ("cb_threadsafe", |m| {
+        m.callbacks[Kind::Threadsafe as usize].get()
+    }),
+    ("threadsafe_wakeups", |m| m.wakeups.load(Relaxed)),
+    ("timers_scheduled", |m| m.timers_scheduled.get()),
+    ("timers_fired", |m| m.timers_fired.get()),
+    ("timers_cancelled", |m| m.timers_cancelled.get()),
+    ("tasks_created", |m| m.tasks_created.get()),
+    ("transports_opened", |m| m.transports_opened.get()),
+    ("transports_closed", |m| m.transports_closed.get()),
+    ("bytes_received", |m| m.bytes_received.get()),
+    ("bytes_sent", |m| m.bytes_sent.get()),
+    ("tls_handshakes", |m| m.tls_handshakes.get()),
+    ("ready_queue_depth", |m| m.ready_last.get()),
+    ("ready_queue_depth_max", |m| m.ready_max.get()),
+    ("run_ns", |m| m.run_ns.get()),
+    ("idle_ns", |m| m.idle_ns.get()),
+    ("poll_ns", |m| m.poll_ns.get()),
+    ("callbacks_ns", |m| m.callbacks_ns.get()),
+    ("slow_callbacks", |m| m.slow.total.load(Relaxed)),
+    ("slow_threshold_ns", |m| m.slow.threshold_ns.load(Relaxed)),
+    ("page_writes", |m| m.page_writes.get()),
+];
+
 /// Every live loop's metrics, for the exporters and the watchdog.
 static REGISTRY: Mutex<Vec<Weak<LoopMetrics>>> = Mutex::new(Vec::new());
 
@@ -243,9 +281,7 @@ impl LoopMetrics {
     pub fn maybe_publish(&self, now: clock::Stamp) {
         if let Some(p) = self.page.get() {
             if clock::elapsed_ns(clock::Stamp::from_raw(self.published.get()), now) >= 1_000_000 {
-                self.published.set(now.raw());
-                self.page_writes.add(1);
-                p.publish(self, clock::monotonic_now_ns());
+                self.write_page(p, now);
             }
         }
     }
@@ -253,10 +289,14 @@ impl LoopMetrics {
     /// Writes the stats page now (loop thread).
     pub fn publish_now(&self) {
         if let Some(p) = self.page.get() {
-            self.published.set(clock::now().raw());
-            self.page_writes.add(1);
-            p.publish(self, clock::monotonic_now_ns());
+            self.write_page(p, clock::now());
         }
+    }
+
+    fn write_page(&self, p: &page::Page, now: clock::Stamp) {
+        self.published.set(now.raw());
+        self.page_writes.add(1);
+        p.publish(self, clock::monotonic_now_ns());
     }
 
     /// The loop is (not) blocked in the poller with nothing to do.
@@ -354,6 +394,13 @@ pub fn py_python_exiting(py: pyo3::Python<'_>) {
             p.unlink();
         }
     }
+}
+
+/// The names of `VALUES`, in the stats page's order.
+#[pyo3::pyfunction]
+#[pyo3(name = "_value_names")]
+pub fn py_value_names() -> Vec<&'static str> {
+    VALUES.iter().map(|(name, _)| *name).collect()
 }
 
 /// The largest value of each histogram bucket, in bucket order (for

@@ -291,7 +291,7 @@ impl Renderer {
                 };
                 let _ = writeln!(self.out, "{name}_bucket{{{l},le=\"{le}\"}} {below}");
             }
-            let total: u64 = s.counts.iter().sum();
+            let total = s.count;
             let sum = f.unit.show(s.sum);
             let _ = writeln!(self.out, "{name}_bucket{{{l},le=\"+Inf\"}} {total}");
             let _ = writeln!(self.out, "{name}_count{{{l}}} {total}");

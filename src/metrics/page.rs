@@ -22,7 +22,7 @@ use super::LoopMetrics;
 
 pub const SIZE: usize = 8192;
 pub const MAGIC: &[u8; 8] = b"FLSTATS1";
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 
 // Header offsets.
 const OFF_SEQ: usize = 8;
@@ -45,38 +45,8 @@ pub const SLOW_SLOTS: usize = 8;
 const SLOT: usize = 512;
 const SLOT_TEXT: usize = SLOT - 24; // after start, duration, kind
 
-/// The counters, in page order (`_top.COUNTERS` lists the same names).
-fn counters(m: &LoopMetrics) -> [u64; 27] {
-    [
-        m.ticks.get(),
-        m.polls.get(),
-        m.polls_blocking.get(),
-        m.fd_read_events.get(),
-        m.fd_write_events.get(),
-        m.callbacks[0].get(),
-        m.callbacks[1].get(),
-        m.callbacks[2].get(),
-        m.callbacks[3].get(),
-        m.wakeups.load(Ordering::Relaxed),
-        m.timers_scheduled.get(),
-        m.timers_fired.get(),
-        m.timers_cancelled.get(),
-        m.tasks_created.get(),
-        m.transports_opened.get(),
-        m.transports_closed.get(),
-        m.bytes_received.get(),
-        m.bytes_sent.get(),
-        m.tls_handshakes.get(),
-        m.ready_last.get(),
-        m.ready_max.get(),
-        m.run_ns.get(),
-        m.idle_ns.get(),
-        m.poll_ns.get(),
-        m.callbacks_ns.get(),
-        m.slow.total.load(Ordering::Relaxed),
-        m.slow.threshold_ns.load(Ordering::Relaxed),
-    ]
-}
+// The page has room for every entry of `VALUES`.
+const _: () = assert!(super::VALUES.len() <= COUNTERS);
 
 /// A mapped stats page.
 pub struct Page {
@@ -229,19 +199,22 @@ impl Page {
             .store(m.native_thread.load(Ordering::Relaxed), Ordering::Relaxed);
         self.word(OFF_PUBLISHED)
             .store(now_mono_ns, Ordering::Relaxed);
-        for (i, v) in counters(m).into_iter().enumerate() {
-            self.word(OFF_COUNTERS + i * 8).store(v, Ordering::Relaxed);
+        for (i, (_, get)) in super::VALUES.iter().enumerate() {
+            self.word(OFF_COUNTERS + i * 8)
+                .store(get(m), Ordering::Relaxed);
         }
         // Straight from the atomics: no allocation on the loop thread.
         let h = &m.timer_lateness_ns;
-        let (count, sum, max) = h.totals();
-        self.word(OFF_LATENESS).store(count, Ordering::Relaxed);
-        self.word(OFF_LATENESS + 8).store(sum, Ordering::Relaxed);
-        self.word(OFF_LATENESS + 16).store(max, Ordering::Relaxed);
+        let (sum, max) = h.sum_max();
+        let mut count = 0;
         for (i, c) in h.bucket_counts().enumerate().take(BUCKETS) {
+            count += c;
             self.word(OFF_LATENESS + 24 + i * 8)
                 .store(c, Ordering::Relaxed);
         }
+        self.word(OFF_LATENESS).store(count, Ordering::Relaxed);
+        self.word(OFF_LATENESS + 8).store(sum, Ordering::Relaxed);
+        self.word(OFF_LATENESS + 16).store(max, Ordering::Relaxed);
         self.publish_slow(m);
         fence(Ordering::Release);
         seq.store((s | 1) + 1, Ordering::Release);

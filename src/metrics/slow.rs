@@ -146,11 +146,7 @@ impl SlowState {
         self.version.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn records(&self) -> Vec<SlowRecord> {
-        self.ring.lock().iter().cloned().collect()
-    }
-
-    /// The newest `n` records, oldest first.
+    /// The newest `n` records (at most `RING`), oldest first.
     pub fn last(&self, n: usize) -> Vec<SlowRecord> {
         let ring = self.ring.lock();
         ring.iter()
@@ -161,11 +157,6 @@ impl SlowState {
 
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Relaxed)
-    }
-
-    pub fn clear(&self) {
-        self.ring.lock().clear();
-        self.version.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The watchdog's look at this loop at `now`: flags a slow callback and

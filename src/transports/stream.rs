@@ -1037,18 +1037,27 @@ impl StreamTransport {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
-        let name = match dir {
-            Direction::Read => intern!(py, "_read_ready"),
-            Direction::Write => intern!(py, "_write_ready"),
-        };
         let handle = EventLoop::make_handle(
             event_loop,
-            slf.getattr(name)?,
+            Self::ready_method(slf, dir)?,
             PyTuple::empty(py),
             context.map(|c| c.into_bound(py)),
             crate::metrics::Kind::Io,
         )?;
         Bound::new(py, handle)
+    }
+
+    /// The bound `_read_ready` / `_write_ready` an event in `dir` runs.
+    pub(crate) fn ready_method<'py>(
+        slf: &Bound<'py, Self>,
+        dir: Direction,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let name = match dir {
+            Direction::Read => intern!(py, "_read_ready"),
+            Direction::Write => intern!(py, "_write_ready"),
+        };
+        slf.getattr(name)
     }
 
     /// The reader callback: one read, handed to the protocol.
