@@ -1,4 +1,4 @@
-"""Instructions per ``call_soon`` + run on ferroloop with its metrics off, on
+"""Instructions per ``call_soon`` + run (or per task) on ferroloop with its metrics off, on
 (the default) and precise, counted exactly by valgrind's callgrind.
 
 Each configuration runs a workload twice, with N1 and N2 callbacks, in a
@@ -11,7 +11,10 @@ cancelled out. Two workloads:
   ``call_soon`` micro-benchmark): the per-callback cost;
 - ``chain``: each callback schedules the next, so every tick runs exactly
   one callback: the per-callback cost plus the whole per-tick cost (the
-  clock reads and histograms live there).
+  clock reads and histograms live there);
+- ``tasks``: tasks created 1,000 at a time, each awaiting a future that is
+  then set: per task, ``create_task``, its first step and its wake-up, in
+  which it finishes (the cost of counting tasks finished natively).
 
 ``--python PATH`` (repeatable) adds interpreters, e.g. a venv holding a build
 of ferroloop without the metrics code, labelled with their path.
@@ -60,7 +63,25 @@ def link(remaining):
         loop.stop()
 
 
-loop.call_soon(scheduler if pattern == "batch" else link, n)
+async def job(fut):
+    global ran
+    await fut
+    ran += 1
+    if ran == n:
+        loop.stop()
+
+
+def spawn(remaining):
+    fut = loop.create_future()
+    for _ in range(min(1000, remaining)):
+        loop.create_task(job(fut))
+    loop.call_soon(fut.set_result, None)
+    if remaining > 1000:
+        loop.call_soon(spawn, remaining - 1000)
+
+
+first = {"batch": scheduler, "chain": link, "tasks": spawn}[pattern]
+loop.call_soon(first, n)
 loop.run_forever()
 raw = getattr(loop, "_stats_raw", dict)()
 loop.close()
@@ -70,6 +91,7 @@ print(raw.get("page_writes", 0))
 """
 
 MODES = {"off": "0", "on": "1", "precise": "precise"}
+WORKLOADS = ("batch", "chain", "tasks")
 
 
 def instructions(python, mode, n, pattern, page=False):
@@ -117,7 +139,9 @@ def main():
     ap.add_argument("--python", action="append", default=[], help="another interpreter")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--modes", default=",".join(MODES), help="subset of off,on,precise")
-    ap.add_argument("--workloads", default="batch,chain", help="subset of batch,chain")
+    ap.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help="subset of " + ",".join(WORKLOADS)
+    )
     ap.add_argument("--no-page", action="store_true", help="skip the stats page's cost")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
@@ -126,8 +150,8 @@ def main():
         sys.exit("--n2 must be larger than --n1")
     modes = [m for m in args.modes.split(",") if m]
     workloads = [w for w in args.workloads.split(",") if w]
-    if set(modes) - set(MODES) or set(workloads) - {"batch", "chain"} or "off" not in modes:
-        sys.exit("--modes: off,on,precise (off included); --workloads: batch,chain")
+    if set(modes) - set(MODES) or set(workloads) - set(WORKLOADS) or "off" not in modes:
+        sys.exit("--modes: off,on,precise (off included); --workloads: batch,chain,tasks")
     rows = []
     for python in [sys.executable, *args.python]:
         label = "" if python == sys.executable else f" [{python}]"
@@ -153,7 +177,7 @@ def main():
         )
         print(page_note, file=sys.stderr)
     sep = " | " if args.markdown else "  "
-    head = ["workload", "metrics", "instructions per callback", "vs off"]
+    head = ["workload", "metrics", "instructions per callback (task)", "vs off"]
     if args.markdown:
         print("| " + sep.join(head) + " |")
         print("|" + "---|" * len(head))

@@ -11,6 +11,7 @@ use pyo3::types::PyTuple;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::event_loop::EventLoop;
+use crate::metrics::{task_steps, Counter};
 use crate::py;
 
 /// The callable and its positional arguments; dropped on `cancel()` as
@@ -116,7 +117,9 @@ impl Handle {
 
     /// Runs the callback inside its context, as `context.run(cb, *args)`.
     /// Returns the callback's exception, if any; the caller reports it.
-    pub(crate) fn run(&self, py: Python<'_>) -> PyResult<()> {
+    /// With `tasks_finished`, counts a task that finished in it (see
+    /// `metrics::task_steps`).
+    pub(crate) fn run(&self, py: Python<'_>, tasks_finished: Option<&Counter>) -> PyResult<()> {
         let Some((func, args)) = self.callback_parts(py) else {
             return Ok(());
         };
@@ -125,7 +128,8 @@ impl Handle {
         // references to for the whole block (`args` is an exact tuple, so
         // its item array is valid for its size); PyContext_Enter/Exit are paired
         // exactly as Context.run pairs them, and an exception raised by the
-        // call stays set across PyContext_Exit (which does not clear it).
+        // call stays set across PyContext_Exit (which does not clear it);
+        // `task_steps::finished` gets the live `func` with the GIL held.
         unsafe {
             if ffi::PyContext_Enter(ctx) < 0 {
                 return Err(PyErr::fetch(py));
@@ -145,6 +149,11 @@ impl Handle {
             ffi::Py_DECREF(result);
             if exit_failed {
                 return Err(PyErr::fetch(py));
+            }
+            if let Some(counter) = tasks_finished {
+                if task_steps::finished(py, func.as_ptr()) {
+                    counter.add(1);
+                }
             }
         }
         Ok(())
@@ -272,7 +281,8 @@ impl Handle {
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         let loop_obj = this.event_loop.bind(slf.py());
-        EventLoop::run_handle(loop_obj, slf)
+        let m = &loop_obj.get().metrics;
+        EventLoop::run_handle(loop_obj, slf, m.enabled.then_some(&m.tasks_finished))
     }
 
     #[getter]

@@ -282,6 +282,24 @@ def open_fd_count():
     return len(os.listdir("/proc/self/fd"))
 
 
+async def settled_fd_count(timeout=1.0):
+    """``open_fd_count()`` once it is steady: garbage collected, and the loop
+    run until two reads 10 ms apart agree (a transport closed by an earlier
+    test's garbage closes its fd a tick after ``__del__``), so a count taken
+    before the code under test does not include an fd about to close."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    gc.collect()
+    count = open_fd_count()
+    while loop.time() < deadline:
+        await asyncio.sleep(0.01)
+        now = open_fd_count()
+        if now == count:
+            break
+        count = now
+    return count
+
+
 async def wait_until(predicate, timeout=5.0):
     """Yield to the running loop until ``predicate()`` holds; fail after
     *timeout* seconds."""

@@ -222,22 +222,132 @@ def test_add_reader_callbacks_are_io(floop):
 
 
 def test_tasks_created_alive_finished(floop):
-    async def child(i):
-        await asyncio.sleep(0)
-        return i
+    """Tasks finishing are counted natively, in whichever of their steps
+    they end: the first, one after ``sleep(0)``, a wake-up, by an error or
+    by cancellation."""
+    fut = floop.create_future()
+
+    async def at_once():
+        return 1
+
+    async def after_yields(n):
+        for _ in range(n):
+            await asyncio.sleep(0)
+
+    async def awaiting():
+        return await fut
+
+    async def failing():
+        raise ValueError("expected")
+
+    async def forever():
+        await asyncio.sleep(3600)
 
     async def main():
         before = floop.stats()
-        tasks = [floop.create_task(child(i)) for i in range(25)]
+        made = [floop.create_task(at_once()) for _ in range(5)]
+        made += [floop.create_task(after_yields(i)) for i in range(1, 6)]
+        made += [floop.create_task(awaiting()) for _ in range(5)]
+        made += [floop.create_task(failing()) for _ in range(5)]
+        pending = [floop.create_task(forever()) for _ in range(5)]
         middle = floop.stats()
-        await asyncio.gather(*tasks)
+        await asyncio.sleep(0)
+        fut.set_result(2)
+        await asyncio.wait(made)
+        assert all(isinstance(t.exception(), ValueError) for t in made[15:])
+        settled = floop.stats()
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending)
+        # A done task's other methods run as callbacks are not its steps.
+        floop.call_soon(made[0].cancel)
+        floop.call_soon(made[0].done)
+        await asyncio.sleep(0)
+        return before, middle, settled, floop.stats()
+
+    before, middle, settled, after = run_with_timeout(floop, main())
+    assert middle.tasks_created - before.tasks_created == 25
+    assert middle.tasks_alive == before.tasks_alive + 25
+    assert middle.tasks_finished == before.tasks_finished
+    assert settled.delta(before).tasks_finished == 20
+    assert settled.tasks_alive == before.tasks_alive + 5
+    assert after.delta(before).tasks_finished == 25
+    assert after.tasks_alive == before.tasks_alive
+    assert after.tasks_created - after.tasks_finished == after.tasks_alive
+
+
+def test_tasks_of_a_factory_and_subclass_counted(floop):
+    class MyTask(asyncio.Task):
+        pass
+
+    floop.set_task_factory(lambda loop, coro, **kw: MyTask(coro, loop=loop, **kw))
+
+    async def child():
+        await asyncio.sleep(0)
+
+    async def main():
+        before = floop.stats()
+        await asyncio.gather(*(child() for _ in range(7)))
+        return before, floop.stats()
+
+    before, after = run_with_timeout(floop, main())
+    assert after.delta(before).tasks_created == 7
+    assert after.delta(before).tasks_finished == 7
+    assert after.tasks_alive == before.tasks_alive
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager task factories are 3.12+")
+def test_eager_tasks_finished_in_create_task_counted(floop):
+    floop.set_task_factory(asyncio.eager_task_factory)
+
+    async def at_once():
+        return 1
+
+    async def later():
+        await asyncio.sleep(0)
+
+    async def main():
+        before = floop.stats()
+        done = [floop.create_task(at_once()) for _ in range(3)]
+        assert all(t.done() for t in done)  # finished inside create_task
+        waiting = [floop.create_task(later()) for _ in range(4)]
+        middle = floop.stats()
+        await asyncio.gather(*waiting)
         return before, middle, floop.stats()
 
     before, middle, after = run_with_timeout(floop, main())
-    assert middle.tasks_created - before.tasks_created == 25
-    assert middle.tasks_alive == before.tasks_alive + 25
+    assert middle.delta(before).tasks_created == 7
+    assert middle.delta(before).tasks_finished == 3
+    assert middle.tasks_alive == before.tasks_alive + 4
+    assert after.delta(before).tasks_finished == 7
     assert after.tasks_alive == before.tasks_alive
-    assert after.delta(before).tasks_finished == 25
+
+
+def test_tasks_with_metrics_off_counted_at_the_snapshot(monkeypatch):
+    """``FERROLOOP_METRICS=0``: nothing is counted per step; ``stats()``
+    counts the unfinished tasks from ``asyncio.all_tasks()`` instead."""
+    import ferroloop
+
+    monkeypatch.setenv("FERROLOOP_METRICS", "0")
+    lp = ferroloop.new_event_loop()
+    try:
+
+        async def main():
+            hold = asyncio.Event()
+            waiting = [lp.create_task(hold.wait()) for _ in range(3)]
+            await asyncio.sleep(0)
+            middle = lp.stats()
+            hold.set()
+            await asyncio.gather(*waiting)
+            return middle, lp.stats()
+
+        middle, after = run_with_timeout(lp, main())
+    finally:
+        lp.close()
+    assert not middle.enabled
+    assert middle.tasks_alive == 4  # main and the three waiting
+    assert after.tasks_alive == 1
+    assert after.tasks_finished == after.tasks_created - 1
 
 
 def test_utilization_busy_and_idle(floop):
@@ -527,8 +637,15 @@ def test_openmetrics_parses_and_matches_stats(floop):
     assert next(s for s in per_tick if s.name.endswith("_count")).value == stats.ticks
     (busy,) = samples(families["ferroloop_busy_seconds"], lid)
     assert busy.value == pytest.approx(stats.busy_time, rel=1e-6, abs=1e-9)
-    for name in ("ferroloop_received_bytes", "ferroloop_tasks_created", "ferroloop_slow_callbacks"):
+    for name in ("ferroloop_received_bytes", "ferroloop_slow_callbacks"):
         assert samples(families[name], lid), name
+    for name, value in (
+        ("ferroloop_tasks_created", stats.tasks_created),
+        ("ferroloop_tasks_finished", stats.tasks_finished),
+        ("ferroloop_tasks_alive", stats.tasks_alive),
+    ):
+        (s,) = samples(families[name], lid)
+        assert s.value == value, name
     floop.close()
     text = ferroloop.metrics.openmetrics()
     assert f'loop="{lid}"' not in text  # closed loops leave the export
@@ -802,6 +919,7 @@ def test_top_in_a_terminal_shows_a_running_process(tmp_path):
     assert re.search(r"ticks/s [\d.]+k?", frame)
     assert re.search(r"lag p50 [\d.]+ms  p99 [\d.]+ms  max [\d.]+ms", frame), frame
     assert "slow callbacks (over 50ms):" in frame
+    assert re.search(r"tasks 1 alive, \d+ finished", frame), frame  # main()
     assert "<Handle sleeper() at" in frame
     assert f"{script}:7 in sleeper: time.sleep(0.08)" in frame
 

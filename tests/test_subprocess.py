@@ -20,7 +20,7 @@ import time
 import warnings
 
 import pytest
-from conftest import open_fd_count, wait_until
+from conftest import open_fd_count, settled_fd_count, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Unix subprocesses")
 
@@ -647,8 +647,7 @@ def test_preexec_fn_raising(loop, run):
         raise ZeroDivisionError("in preexec_fn")
 
     async def main():
-        gc.collect()
-        before_fds, before_children = open_fd_count(), _children()
+        before_fds, before_children = await settled_fd_count(), _children()
         with pytest.raises(subprocess.SubprocessError):
             await asyncio.create_subprocess_exec(
                 "/bin/true", preexec_fn=boom, stdin=PIPE, stdout=PIPE, stderr=PIPE
@@ -769,8 +768,7 @@ BAD_KWARGS = [
 
 def test_argument_errors(loop, run):
     async def main():
-        gc.collect()
-        before_fds, before_children = open_fd_count(), _children()
+        before_fds, before_children = await settled_fd_count(), _children()
         for kwargs in BAD_KWARGS:
             with pytest.raises(ValueError):
                 await asyncio.create_subprocess_exec("/bin/true", **kwargs)
@@ -817,8 +815,7 @@ def test_missing_executable(loop, run, tmp_path):
     not_executable.chmod(0o644)
 
     async def main():
-        gc.collect()
-        before_fds, before_children = open_fd_count(), _children()
+        before_fds, before_children = await settled_fd_count(), _children()
         for _ in range(20):
             with pytest.raises(FileNotFoundError):
                 await asyncio.create_subprocess_exec(

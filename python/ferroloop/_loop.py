@@ -633,6 +633,7 @@ _slow_callback = _stats.slow_callback
 _capture_stack = _stats.capture_stack
 _task_created = _stats.task_created
 _task_step = _stats.task_step
+_task_step_probe = _stats.task_step_probe
 
 
 def _extract_stack():

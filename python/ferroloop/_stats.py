@@ -7,9 +7,10 @@ import dataclasses
 import math
 import os
 import sys
+import threading
 import traceback
 import types
-from asyncio import tasks
+from asyncio import events, futures, tasks
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -146,6 +147,14 @@ _HISTOGRAMS = (
 )
 
 
+def _tasks_alive(loop: Any) -> int:
+    """Unfinished tasks of ``loop``, counted now (when tasks are not counted
+    natively: metrics off, or no C tasks)."""
+    if loop.is_closed():
+        return 0
+    return sum(1 for t in tasks.all_tasks(loop) if not t.done())
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopStats:
     """One loop's metrics at one moment (``Loop.stats()``).
@@ -162,6 +171,13 @@ class LoopStats:
     when ``FERROLOOP_METRICS=0`` turned the per-tick and per-callback
     metrics off (times, histograms, callback counts and slow callbacks then
     stay 0).
+
+    ``tasks_created`` counts ``create_task`` calls (``ensure_future``,
+    ``gather`` and ``TaskGroup`` go through it; a Task constructed directly
+    does not); ``tasks_finished`` counts tasks of the loop that finished,
+    natively, as their last step returns; ``tasks_alive`` is created minus
+    finished. With the metrics off (or no C tasks), finished and alive are
+    counted from ``asyncio.all_tasks()`` when the snapshot is taken.
     """
 
     loop_id: int
@@ -231,7 +247,13 @@ class LoopStats:
 
     @classmethod
     def _from_raw(cls, loop: Any, raw: dict) -> LoopStats:
-        alive = sum(1 for t in tasks.all_tasks(loop) if not t.done()) if not loop.is_closed() else 0
+        created = raw["tasks_created"]
+        if raw["tasks_counted"]:
+            finished = raw["tasks_finished"]
+            alive = max(0, created - finished)
+        else:
+            alive = _tasks_alive(loop)
+            finished = max(0, created - alive)
         run, idle = raw["run_ns"] * _NS, raw["idle_ns"] * _NS
         poll, cbs = raw["poll_ns"] * _NS, raw["callbacks_ns"] * _NS
         return cls(
@@ -248,8 +270,8 @@ class LoopStats:
             timers_scheduled=raw["timers_scheduled"],
             timers_fired=raw["timers_fired"],
             timers_cancelled=raw["timers_cancelled"],
-            tasks_created=raw["tasks_created"],
-            tasks_finished=max(0, raw["tasks_created"] - alive),
+            tasks_created=created,
+            tasks_finished=finished,
             tasks_alive=alive,
             transports_opened=raw["transports_opened"],
             transports_closed=raw["transports_closed"],
@@ -371,6 +393,82 @@ def task_step(loop: Any, func: Any, start: int, end: int, scheduled: int) -> Non
         delay = max(0, start - scheduled)
         acc.total_delay += delay
         acc.max_delay = max(acc.max_delay, delay)
+
+
+# --- tasks finished, counted natively (src/metrics/task_steps.rs) ---
+
+#: Why the probe below found nothing (None when it worked or was not run).
+task_probe_error: BaseException | None = None
+
+
+def task_step_probe() -> tuple | None:
+    """A C Task's own two callbacks, its step and its wake-up, taken from a
+    task run to completion on a stand-in loop, for the loop to recognise
+    them natively: ``(step, wakeup, task, Task.done)``, or None when
+    asyncio's tasks are not the C ones or anything differs from what the
+    probe expects (the loop then counts tasks with ``all_tasks()``).
+
+    It runs in a thread of its own: there no loop or task is running (3.14
+    refuses to enter a task while another runs in the same thread) and the
+    stand-in can be made the running loop for the probe's two steps.
+    """
+    global task_probe_error
+    found: list = []
+
+    def probe() -> None:
+        try:
+            found.append(_probe_task_callbacks())
+        except BaseException as exc:  # noqa: BLE001 - reported, not raised
+            found.append(exc)
+
+    try:
+        thread = threading.Thread(target=probe, name="ferroloop-task-probe")
+        thread.start()
+        thread.join()
+    except Exception as exc:  # noqa: BLE001 - e.g. no thread can be started
+        found.append(exc)
+    result = found[0] if found else None
+    if isinstance(result, BaseException):
+        task_probe_error = result
+        return None
+    return result
+
+
+class _StandInLoop:
+    """What a C Task and Future call on their loop, recorded."""
+
+    def __init__(self) -> None:
+        self.scheduled: list = []
+
+    def get_debug(self) -> bool:
+        return False
+
+    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> None:
+        self.scheduled.append(callback)
+
+
+def _probe_task_callbacks() -> tuple | None:
+    if tasks.Task.__module__ != "_asyncio" or futures.Future.__module__ != "_asyncio":
+        return None  # pure-Python tasks: their steps are plain bound methods
+    loop = _StandInLoop()
+    fut = futures.Future(loop=loop)
+
+    async def wait() -> None:
+        await fut
+
+    events._set_running_loop(loop)
+    try:
+        task = tasks.Task(wait(), loop=loop)
+        (step,) = loop.scheduled
+        step()  # the first step: the task now awaits fut
+        fut.set_result(None)
+        (wakeup,) = loop.scheduled[1:]
+        wakeup(fut)  # the last step: the task returns
+    finally:
+        events._set_running_loop(None)
+    if not task.done():
+        return None
+    return step, wakeup, task, tasks.Task.done
 
 
 def task_table(loop: Any) -> dict:

@@ -24,7 +24,7 @@ from . import _ferroloop
 PAGE_DIR = "/dev/shm"
 SIZE = 8192
 MAGIC = b"FLSTATS1"
-VERSION = 2
+VERSION = 3
 OFF_SEQ, OFF_VERSION, OFF_PID, OFF_LOOP, OFF_TID = 8, 16, 24, 32, 40
 OFF_PUBLISHED, OFF_POLLING_SINCE, OFF_SLOW_SINCE = 48, 56, 64
 OFF_COUNTERS = 128
@@ -239,8 +239,7 @@ def render(pid, now_pages, before_pages, width=100):
             )
         lines.append(
             f"  queue {c['ready_queue_depth']:,} (max {c['ready_queue_depth_max']:,})"
-            f"   transports {max(0, c['transports_opened'] - c['transports_closed']):,}"
-            f"   tasks created {c['tasks_created']:,}"
+            f"   transports {max(0, c['transports_opened'] - c['transports_closed']):,}" + _tasks(c)
         )
         lines.append(
             f"  slow callbacks (over {c['slow_threshold_ns'] / 1e6:g}ms): {c['slow_callbacks']:,}"
@@ -255,6 +254,14 @@ def render(pid, now_pages, before_pages, width=100):
             if e.innermost and e.innermost != where:
                 lines.append(f"              blocked in {e.innermost}")
     return "\n".join(lines)
+
+
+def _tasks(c: dict) -> str:
+    """The tasks part of the queue line: alive and finished when counted."""
+    if c.get("tasks_counted"):
+        alive = max(0, c["tasks_created"] - c["tasks_finished"])
+        return f"   tasks {alive:,} alive, {c['tasks_finished']:,} finished"
+    return f"   tasks created {c['tasks_created']:,}"
 
 
 def _width():

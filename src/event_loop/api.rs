@@ -26,6 +26,7 @@ impl EventLoop {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn __new__(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        crate::metrics::task_steps::init(_args.py());
         Self::create()
     }
 

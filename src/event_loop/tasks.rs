@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::EventLoop;
+use crate::metrics::task_steps;
 use crate::py;
 
 impl EventLoop {
@@ -28,7 +29,12 @@ impl EventLoop {
         this.metrics.tasks_created.add(1);
         let has_factory = this.task_factory.lock().is_some();
         if has_factory || kwargs.is_some() {
-            return py::call_helper(py, "_create_task_slow", (slf, coro, name, context, kwargs));
+            let task =
+                py::call_helper(py, "_create_task_slow", (slf, coro, name, context, kwargs))?;
+            if this.metrics.enabled && task_steps::done_on_creation(&task) {
+                this.metrics.tasks_finished.add(1);
+            }
+            return Ok(task);
         }
         let none = py.None().into_bound(py);
         let task = py::new_task(

@@ -19,7 +19,7 @@ use crate::errors;
 use crate::handles::{self, Handle, TimerHandle};
 use crate::io::poller::{IoEvent, PollOutcome};
 use crate::metrics::clock as mclock;
-use crate::metrics::{Kind, LoopMetrics};
+use crate::metrics::{Counter, Kind, LoopMetrics};
 use crate::py;
 use crate::timers;
 use crate::transports::stream::StreamTransport;
@@ -317,7 +317,8 @@ impl EventLoop {
                         handles::release(py, handle);
                         continue;
                     }
-                    let run = || Self::run_handle(slf, handle.bind(py));
+                    let finished = on.then_some(&m.tasks_finished);
+                    let run = || Self::run_handle(slf, handle.bind(py), finished);
                     let result = if MODE == TASKS {
                         Self::run_task_step(slf, m, &mut meter, &handle, run)
                     } else if on {
@@ -460,15 +461,20 @@ impl EventLoop {
     /// bookkeeping): its exception goes to the exception handler; only
     /// KeyboardInterrupt, SystemExit and an error raised while reporting
     /// escape.
-    pub(crate) fn run_handle(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+    /// `tasks_finished`: count a task that finished in it (metrics on).
+    pub(crate) fn run_handle(
+        slf: &Bound<'_, Self>,
+        handle: &Bound<'_, Handle>,
+        tasks_finished: Option<&Counter>,
+    ) -> PyResult<()> {
         let py = slf.py();
         if !slf.get().debug_enabled() {
-            return Self::run_and_report(slf, handle);
+            return Self::run_and_report(slf, handle, tasks_finished);
         }
         let current = intern!(py, "_current_handle");
         slf.setattr(current, handle)?;
         let t0 = clock::monotonic();
-        let result = Self::run_and_report(slf, handle);
+        let result = Self::run_and_report(slf, handle, tasks_finished);
         let dt = clock::monotonic() - t0;
         slf.setattr(current, py.None())?;
         result?;
@@ -481,9 +487,13 @@ impl EventLoop {
         Ok(())
     }
 
-    fn run_and_report(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+    fn run_and_report(
+        slf: &Bound<'_, Self>,
+        handle: &Bound<'_, Handle>,
+        tasks_finished: Option<&Counter>,
+    ) -> PyResult<()> {
         let py = slf.py();
-        let Err(err) = handle.get().run(py) else {
+        let Err(err) = handle.get().run(py, tasks_finished) else {
             return Ok(());
         };
         if errors::is_exit(py, &err) {

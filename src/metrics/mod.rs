@@ -15,6 +15,7 @@ pub mod openmetrics;
 pub mod page;
 pub mod serve;
 pub mod slow;
+pub mod task_steps;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -109,6 +110,8 @@ pub struct LoopMetrics {
     pub timers_fired: Counter,
     pub timers_cancelled: Counter,
     pub tasks_created: Counter,
+    /// Tasks that finished in one of their steps (see `task_steps`).
+    pub tasks_finished: Counter,
     pub transports_opened: Counter,
     pub transports_closed: Counter,
     pub bytes_received: Counter,
@@ -189,6 +192,8 @@ pub const VALUES: &[Value] = &[
     ("timers_fired", |m| m.timers_fired.get()),
     ("timers_cancelled", |m| m.timers_cancelled.get()),
     ("tasks_created", |m| m.tasks_created.get()),
+    ("tasks_finished", |m| m.tasks_finished.get()),
+    ("tasks_counted", |m| u64::from(m.tasks_counted())),
     ("transports_opened", |m| m.transports_opened.get()),
     ("transports_closed", |m| m.transports_closed.get()),
     ("bytes_received", |m| m.bytes_received.get()),
@@ -230,6 +235,23 @@ extern "C" fn after_fork_in_child() {
 }
 
 impl LoopMetrics {
+    /// Whether tasks finishing are counted (metrics on and C tasks found,
+    /// see `task_steps`).
+    pub fn tasks_counted(&self) -> bool {
+        self.enabled && task_steps::counted()
+    }
+
+    /// Tasks created and not finished (0 when not counted).
+    pub fn tasks_alive(&self) -> u64 {
+        if self.tasks_counted() {
+            self.tasks_created
+                .get()
+                .saturating_sub(self.tasks_finished.get())
+        } else {
+            0
+        }
+    }
+
     pub fn new(fork_generation: u64) -> Arc<Self> {
         let mode = Mode::from_env();
         FORK_HOOK.call_once(|| {

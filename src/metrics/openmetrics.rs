@@ -105,6 +105,16 @@ const SCALARS: &[Scalar] = &[
         "Tasks created by the loop.",
         |m| m.tasks_created.get(),
     ),
+    counter(
+        "ferroloop_tasks_finished",
+        "Tasks of the loop that finished.",
+        |m| m.tasks_finished.get(),
+    ),
+    gauge(
+        "ferroloop_tasks_alive",
+        "Tasks created and not finished yet.",
+        LoopMetrics::tasks_alive,
+    ),
     gauge(
         "ferroloop_transports_open",
         "Native transports open.",

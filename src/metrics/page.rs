@@ -22,7 +22,7 @@ use super::LoopMetrics;
 
 pub const SIZE: usize = 8192;
 pub const MAGIC: &[u8; 8] = b"FLSTATS1";
-pub const VERSION: u64 = 2;
+pub const VERSION: u64 = 3;
 
 // Header offsets.
 const OFF_SEQ: usize = 8;

@@ -1001,7 +1001,7 @@ impl StreamTransport {
             // Debug mode runs a real Handle: asyncio's `_current_handle` and
             // slow-callback report name it.
             let handle = Self::as_handle(slf, event_loop, dir, context)?;
-            return EventLoop::run_handle(event_loop, &handle);
+            return EventLoop::run_handle(event_loop, &handle, None);
         }
         let result = match &context {
             Some(ctx) => crate::py::run_in_context(py, ctx.bind(py), || Self::run_ready(slf, dir)),
