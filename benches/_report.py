@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import platform
 import statistics
+import sys
 
 
 def csv(value, valid):
@@ -88,3 +89,19 @@ def save_json(path, args, results, errors, **extra):
     }
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
+
+
+def add_chart_arg(parser):
+    parser.add_argument(
+        "--chart", metavar="PNG", help="also draw the run as a chart (needs matplotlib)"
+    )
+
+
+def chart(args, title, results, higher_is_better, value=lambda s: s):
+    """``--chart PATH``: the run as a PNG (benches/_chart.py)."""
+    if getattr(args, "chart", None):
+        from _chart import speeds, write_chart
+
+        command = "python3 " + " ".join(sys.argv)
+        write_chart(args.chart, title, speeds(results, higher_is_better, value), command)
+        print(f"chart: {args.chart}", file=sys.stderr)

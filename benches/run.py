@@ -20,7 +20,7 @@ import sys
 
 sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 _worker = importlib.import_module("_worker")
-from _report import csv, package, save_json, version
+from _report import add_chart_arg, chart, csv, package, save_json, version
 
 BENCHES, LOOPS = _worker.BENCHES, _worker.LOOPS
 DEFAULT_LOOPS = _worker.DEFAULT_LOOPS
@@ -96,6 +96,7 @@ def main():
     p.add_argument("--scale", type=float, default=1.0, help="multiply op counts (smoke tests)")
     p.add_argument("--timeout", type=float, default=120, help="seconds per sample")
     p.add_argument("--json", metavar="PATH", help="also write raw samples here")
+    add_chart_arg(p)
     args = p.parse_args()
     if args.pin is not None and not hasattr(os, "sched_setaffinity"):
         print("note: os.sched_setaffinity unavailable, not pinning", file=sys.stderr)
@@ -141,6 +142,7 @@ def main():
         print(f"\nFAIL {bench} {loop}: {err}")
     if args.json:
         save_json(args.json, args, results, errors)
+    chart(args, "loop micro-benchmarks (benches/run.py)", results, lambda bench: False)
     sys.exit(1 if errors else 0)
 
 

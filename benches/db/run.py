@@ -34,7 +34,7 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(1, os.path.dirname(HERE))
-from _report import csv, render, save_json, stats, version  # benches/_report.py
+from _report import add_chart_arg, chart, csv, render, save_json, stats, version
 
 BENCHES = ("select1", "rows1000")
 LOOPS = ("asyncio", "uvloop", "ferroloop")
@@ -149,6 +149,7 @@ def main():
     ap.add_argument("--loops", type=lambda s: csv(s, LOOPS), default=list(LOOPS))
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json", metavar="PATH")
+    add_chart_arg(ap)
     args = ap.parse_args()
 
     script = os.path.join(ROOT, "scripts", "postgres.py")
@@ -182,6 +183,7 @@ def main():
     print(table(results, args.only, args.loops, args.markdown))
     if args.json:
         save_json(args.json, args, results, errors)
+    chart(args, "asyncpg on PostgreSQL, queries/s (benches/db/run.py)", results, lambda b: True)
 
 
 if __name__ == "__main__":

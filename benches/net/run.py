@@ -37,7 +37,16 @@ sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 from server import HTTP_BODY  # benches/net/ is sys.path[0]
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _report import METRICS_VARIANTS, csv, package, render, save_json, stats  # benches/_report.py
+from _report import (  # benches/_report.py
+    METRICS_VARIANTS,
+    add_chart_arg,
+    chart,
+    csv,
+    package,
+    render,
+    save_json,
+    stats,
+)
 from _report import version as package_version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -837,6 +846,7 @@ def main():
     p.add_argument("--ready-timeout", type=float, default=30, help="seconds to wait for READY")
     p.add_argument("--markdown", action="store_true", help="print markdown tables")
     p.add_argument("--json", metavar="PATH", help="also write raw samples here")
+    add_chart_arg(p)
     args = p.parse_args()
 
     notes = []
@@ -940,6 +950,13 @@ def main():
     if args.json:
         warned = {f"{b} {lp}": w for (b, lp), w in warnings.items()}
         save_json(args.json, args, results, errors, notes=notes, warnings=warned)
+    chart(
+        args,
+        "networking (benches/net/run.py)",
+        results,
+        lambda b: BENCHES[b]["type"] != "idle",  # idle: bytes per connection
+        lambda s: s["value"],
+    )
     sys.exit(1 if errors else 0)
 
 

@@ -26,7 +26,7 @@ sys.dont_write_bytecode = True  # keep benches/ free of __pycache__
 import worker  # benches/proc/ is sys.path[0]
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _report import csv, render, save_json, stats, version  # benches/_report.py
+from _report import add_chart_arg, chart, csv, render, save_json, stats, version
 
 WORKER = os.path.abspath(worker.__file__)
 BENCHES, LOOPS = worker.BENCHES, worker.LOOPS
@@ -113,6 +113,7 @@ def main():
     p.add_argument("--timeout", type=float, default=60, help="seconds per sample")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--json", metavar="PATH", help="also write raw samples here")
+    add_chart_arg(p)
     args = p.parse_args()
 
     loops, notes = [], []
@@ -175,6 +176,13 @@ def main():
         print(f"\nFAIL {lp} ({', '.join(bs)}): {err}")
     if args.json:
         save_json(args.json, args, results, errors, notes=notes)
+    chart(
+        args,
+        "subprocesses and pipes (benches/proc/run.py)",
+        results,
+        lambda b: True,
+        lambda s: s["rate"],
+    )
     sys.exit(1 if errors else 0)
 
 
