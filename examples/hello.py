@@ -4,6 +4,7 @@ loop (medians of a few runs; absolute times on a shared machine are noise)."""
 
 import asyncio
 import statistics
+import sys
 import time
 
 import ferroloop
@@ -19,16 +20,28 @@ async def workload(n: int = 20_000) -> int:
         return await fut
 
     total = sum(await asyncio.gather(*(child(i) for i in range(n))))
-    async with asyncio.timeout(5):
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(asyncio.sleep(0.001), 5)
     total += await loop.run_in_executor(None, sum, range(10))
     return total
 
 
+def run(factory, coro):
+    """asyncio.Runner(loop_factory=...).run(coro); by hand on 3.10, which lacks it."""
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(coro)
+    loop = factory()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
 def timed(factory) -> float:
     t0 = time.perf_counter()
-    with asyncio.Runner(loop_factory=factory) as runner:
-        result = runner.run(workload())
+    result = run(factory, workload())
     assert result == sum(range(20_000)) + 45, result
     return time.perf_counter() - t0
 
