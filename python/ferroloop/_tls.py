@@ -22,7 +22,7 @@ from asyncio import sslproto
 try:
     import ssl
 except ImportError:  # a Python built without OpenSSL: no TLS at all
-    ssl = None
+    ssl = None  # type: ignore[assignment]  # (typeshed's ssl is always there)
 
 from . import _ferroloop
 
@@ -122,4 +122,5 @@ if _NATIVE:
         ssl.SSLObject,
     )
 else:
-    SSLProtocol = sslproto.SSLProtocol
+    # No ssl module: asyncio's class, which then fails as asyncio's does.
+    SSLProtocol = sslproto.SSLProtocol  # type: ignore[misc, assignment]
