@@ -728,7 +728,9 @@ def _trim_source_traceback(task):
 
 
 # The running Python's own BaseEventLoop.create_task: see _create_task_slow.
-_asyncio_create_task = asyncio.BaseEventLoop.create_task
+# Called as (loop, coro, **kwargs); its keywords differ by patch release
+# (3.13.3 added eager_start), which typeshed does not follow.
+_asyncio_create_task: Callable[..., asyncio.Task[Any]] = asyncio.BaseEventLoop.create_task
 
 
 def _create_task_slow(loop, coro, name, context, kwargs):

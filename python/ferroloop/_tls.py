@@ -55,7 +55,8 @@ _NATIVE = (
     and all(hasattr(sslproto.SSLProtocol, name) for name in _NATIVE_NEEDS)
 )
 
-if _NATIVE:
+# (The version test again, for the type checker: _NATIVE implies it.)
+if sys.version_info >= (3, 11) and _NATIVE:
     _State = sslproto.SSLProtocolState
     _Base = sslproto.SSLProtocol
 
