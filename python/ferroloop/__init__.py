@@ -31,6 +31,11 @@ if _sys.version_info >= (3, 15):
 
 import asyncio as _asyncio
 import atexit as _atexit
+from collections.abc import Callable as _Callable
+from collections.abc import Coroutine as _Coroutine
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+from typing import TypeVar as _TypeVar
 
 from . import _ferroloop, metrics
 from ._loop import Loop
@@ -38,6 +43,9 @@ from ._policy import EventLoopPolicy
 from ._stats import Histogram, LoopStats, SlowCallback, TaskStats, Utilization
 
 __version__: str = _ferroloop.__version__
+
+if _TYPE_CHECKING:
+    import pytest
 
 __all__ = (
     "EventLoopPolicy",
@@ -68,13 +76,12 @@ def new_event_loop() -> Loop:
 def slow_callbacks(loop: Loop | None = None) -> list[SlowCallback]:
     """The last 256 callbacks of ``loop`` (default: the running loop) that ran
     past its slow-callback threshold, oldest first."""
-    if loop is None:
-        loop = _asyncio.get_running_loop()
-    if not isinstance(loop, Loop):
-        raise TypeError(f"slow_callbacks() needs a ferroloop loop, got {loop!r}")
+    target = _asyncio.get_running_loop() if loop is None else loop
+    if not isinstance(target, Loop):
+        raise TypeError(f"slow_callbacks() needs a ferroloop loop, got {target!r}")
     from ._stats import records
 
-    return records(loop)
+    return records(target)
 
 
 def install() -> None:
@@ -96,10 +103,21 @@ def install() -> None:
         _asyncio.set_event_loop_policy(EventLoopPolicy())
 
 
-def run(main, *, loop_factory=new_event_loop, debug=None, **run_kwargs):
+_T = _TypeVar("_T")
+
+
+def run(
+    main: _Coroutine[_Any, _Any, _T],
+    *,
+    loop_factory: _Callable[[], Loop] = new_event_loop,
+    debug: bool | None = None,
+    # Passed on to asyncio.run / asyncio.Runner as they are (uvloop.run's
+    # signature).
+    **run_kwargs: _Any,
+) -> _T:
     """Run a coroutine on a new ferroloop loop, like ``asyncio.run``."""
 
-    async def wrapper():
+    async def wrapper() -> _T:
         # NOTE: asyncio.run would happily run on another loop; check that the
         # factory really produced a ferroloop loop, as uvloop.run does.
         loop = _asyncio.get_running_loop()
@@ -112,16 +130,19 @@ def run(main, *, loop_factory=new_event_loop, debug=None, **run_kwargs):
     if _asyncio._get_running_loop() is not None:
         # Fail fast, before a loop is created (asyncio.run does the same).
         raise RuntimeError("ferroloop.run() cannot be called from a running event loop")
-    vi = _sys.version_info[:2]
-    if vi >= (3, 12):
+    import sys  # (the type checker follows `sys.version_info` checks by this name)
+
+    if sys.version_info >= (3, 12):
         return _asyncio.run(wrapper(), loop_factory=loop_factory, debug=debug, **run_kwargs)
-    if vi == (3, 11):
+    if sys.version_info >= (3, 11):
         with _asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
             return runner.run(wrapper())
     return _run_310(wrapper(), loop_factory, debug)
 
 
-def _run_310(coro, loop_factory, debug):
+def _run_310(
+    coro: _Coroutine[_Any, _Any, _T], loop_factory: _Callable[[], Loop], debug: bool | None
+) -> _T:
     """asyncio.run for Python 3.10, which has no Runner."""
     if _asyncio._get_running_loop() is not None:
         coro.close()
@@ -142,7 +163,7 @@ def _run_310(coro, loop_factory, debug):
             loop.close()
 
 
-def _cancel_all_tasks(loop):
+def _cancel_all_tasks(loop: Loop) -> None:
     to_cancel = _asyncio.all_tasks(loop)
     if not to_cancel:
         return
@@ -166,19 +187,19 @@ def _cancel_all_tasks(loop):
 # delegate to ferroloop.pytest_plugin, which imports pytest only when used.
 
 
-def pytest_addoption(parser):
+def pytest_addoption(parser: pytest.Parser) -> None:
     from .pytest_plugin import pytest_addoption as hook
 
     hook(parser)
 
 
-def pytest_configure(config):
+def pytest_configure(config: pytest.Config) -> None:
     from .pytest_plugin import pytest_configure as hook
 
     hook(config)
 
 
-def pytest_unconfigure(config):
+def pytest_unconfigure(config: pytest.Config) -> None:
     from .pytest_plugin import pytest_unconfigure as hook
 
     hook(config)

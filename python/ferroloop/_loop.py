@@ -18,7 +18,8 @@ import traceback
 import warnings
 import weakref
 from asyncio import coroutines, events, format_helpers, futures, tasks
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _ferroloop, _stats
 from ._compat import iscoroutinefunction
@@ -26,6 +27,22 @@ from ._network import NetworkMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketsMixin
 from ._subprocess import SubprocessMixin
+
+if TYPE_CHECKING:
+    import socket
+    from types import TracebackType
+    from typing import TypeAlias
+
+    from _typeshed import FileDescriptorLike
+    from typing_extensions import TypeVarTuple, Unpack
+
+    _Ts = TypeVarTuple("_Ts")
+    # asyncio's (typeshed's) names for what these methods take.
+    _AwaitableLike: TypeAlias = "Generator[Any, None, _T] | Awaitable[_T]"
+    _Context: TypeAlias = dict[str, Any]
+    _ExceptionHandler: TypeAlias = Callable[[asyncio.AbstractEventLoop, _Context], object]
+
+_T = TypeVar("_T")
 
 __all__ = ("Loop",)
 
@@ -89,7 +106,13 @@ def _shutdown_at_exit(ref):
         executor.shutdown(wait=True)
 
 
-class Loop(
+# The ignore below is for two kinds of base-class conflicts only: the
+# native call_soon / call_soon_threadsafe / call_later / call_at return
+# ferroloop's Handle / TimerHandle, which have asyncio's Handle interface but
+# are not subclasses of asyncio.Handle; and typeshed's BaseEventLoop
+# .create_datagram_endpoint (asyncio's own, reused as is) differs from its
+# AbstractEventLoop declaration.
+class Loop(  # type: ignore[misc]
     SignalsMixin,
     SocketsMixin,
     NetworkMixin,
@@ -130,14 +153,14 @@ class Loop(
         "slow_callback_duration",
     )
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._signal_handlers = {}
         self._signal_socks = None
         self._old_agen_hooks = None
-        self._exception_handler = None
-        self._default_executor = None
+        self._exception_handler: _ExceptionHandler | None = None
+        self._default_executor: concurrent.futures.Executor | None = None
         self._executor_shutdown_called = False
-        self._asyncgens = weakref.WeakSet()
+        self._asyncgens: weakref.WeakSet[AsyncGenerator[Any, Any]] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
@@ -145,20 +168,24 @@ class Loop(
         self._clock_resolution = 1e-9
         # fd -> transport, as asyncio's selector loop keeps it: add_reader &
         # co. refuse an fd a live transport owns.
-        self._transports = weakref.WeakValueDictionary()
+        self._transports: weakref.WeakValueDictionary[int, asyncio.BaseTransport] = (
+            weakref.WeakValueDictionary()
+        )
         # Unix server socket -> inode, for cleanup_socket (3.13+).
-        self._unix_server_sockets = {}
+        self._unix_server_sockets: dict[socket.socket, int] = {}
         # The pidfds of the children whose exit the loop watches.
-        self._child_pidfds = set()
+        self._child_pidfds: set[int] = set()
         # Called (later, on the loop) with each SlowCallback record.
-        self._slow_callback_handler = None
+        self._slow_callback_handler: Callable[[_stats.SlowCallback], object] | None = None
         # Per-task stats (set_task_stats): task -> accumulator, weakly.
-        self._task_stats = None
-        self._task_stats_group = None
+        self._task_stats: (
+            weakref.WeakKeyDictionary[asyncio.Task[Any], _stats._TaskAccumulator] | None
+        ) = None
+        self._task_stats_group: str | None = None
         # In debug mode, a callback or task step longer than this (seconds)
         # is logged.
         self.slow_callback_duration = 0.1
-        self.set_debug(coroutines._is_debug_mode())
+        self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]  # private
 
     @property
     def _task_factory(self):
@@ -204,7 +231,7 @@ class Loop(
             self._old_agen_hooks = None
             sys.set_asyncgen_hooks(*old)
 
-    def run_forever(self):
+    def run_forever(self) -> None:
         """Run until stop() is called."""
         self._run_forever_setup()
         try:
@@ -212,7 +239,7 @@ class Loop(
         finally:
             self._run_forever_cleanup()
 
-    def run_until_complete(self, future):
+    def run_until_complete(self, future: _AwaitableLike[_T]) -> _T:
         """Run until the Future is done; return its result or raise its exception.
 
         A coroutine is wrapped in a Task.
@@ -221,30 +248,32 @@ class Loop(
         self._check_running()
 
         new_task = not futures.isfuture(future)
-        future = tasks.ensure_future(future, loop=self)
+        # (ignore: typeshed's ensure_future does not declare the generator-based
+        # coroutines that 3.10 and 3.11 still accept)
+        fut = tasks.ensure_future(future, loop=self)  # type: ignore[arg-type]
         if new_task:
             # An exception is raised if the future didn't complete, so there
             # is no need to log the "destroy pending task" message.
-            future._log_destroy_pending = False
+            fut._log_destroy_pending = False  # type: ignore[attr-defined]  # Task's, private
 
-        future.add_done_callback(_run_until_complete_cb)
+        fut.add_done_callback(_run_until_complete_cb)
         try:
             self.run_forever()
         except BaseException:
-            if new_task and future.done() and not future.cancelled():
+            if new_task and fut.done() and not fut.cancelled():
                 # The coroutine raised a BaseException. Consume the exception
                 # to not log a warning, the caller doesn't have access to the
                 # local task.
-                future.exception()
+                fut.exception()
             raise
         finally:
-            future.remove_done_callback(_run_until_complete_cb)
-        if not future.done():
+            fut.remove_done_callback(_run_until_complete_cb)
+        if not fut.done():
             raise RuntimeError("Event loop stopped before Future completed.")
 
-        return future.result()
+        return fut.result()
 
-    def close(self):
+    def close(self) -> None:
         """Close the loop: clear the queues and shut down the default executor
         without waiting for it. The loop must not be running."""
         if self.is_running():
@@ -318,7 +347,7 @@ class Loop(
 
     # -- debug mode ----------------------------------------------------------
 
-    def set_debug(self, enabled):
+    def set_debug(self, enabled: bool) -> None:
         self._set_debug_flag(bool(enabled))
         if self.is_running():
             self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
@@ -356,7 +385,7 @@ class Loop(
             )
         self._asyncgens.add(agen)
 
-    async def shutdown_asyncgens(self):
+    async def shutdown_asyncgens(self) -> None:
         """Shutdown all active asynchronous generators."""
         self._asyncgens_shutdown_called = True
         if not len(self._asyncgens):
@@ -381,7 +410,12 @@ class Loop(
         if self._executor_shutdown_called:
             raise RuntimeError("Executor shutdown has been called")
 
-    def run_in_executor(self, executor, func, *args):
+    def run_in_executor(
+        self,
+        executor: concurrent.futures.Executor | None,
+        func: Callable[[Unpack[_Ts]], _T],
+        *args: Unpack[_Ts],
+    ) -> asyncio.Future[_T]:
         self._check_closed()
         if self.get_debug():
             _check_callback(func, "run_in_executor")
@@ -396,7 +430,7 @@ class Loop(
             return executor._run_in_executor(self, func, args)
         return futures.wrap_future(executor.submit(func, *args), loop=self)
 
-    def set_default_executor(self, executor):
+    def set_default_executor(self, executor: concurrent.futures.Executor) -> None:
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
             if sys.version_info >= (3, 11):
                 raise TypeError("executor must be ThreadPoolExecutor instance")
@@ -412,7 +446,7 @@ class Loop(
 
     if sys.version_info >= (3, 12):
 
-        async def shutdown_default_executor(self, timeout=None):
+        async def shutdown_default_executor(self, timeout: float | None = None) -> None:
             """Schedule the shutdown of the default executor.
 
             The timeout parameter specifies the amount of time the executor
@@ -422,7 +456,7 @@ class Loop(
 
     else:
 
-        async def shutdown_default_executor(self):
+        async def shutdown_default_executor(self) -> None:
             """Schedule the shutdown of the default executor."""
             await self._shutdown_default_executor(None)
 
@@ -459,18 +493,18 @@ class Loop(
 
     # -- exception handling --------------------------------------------------
 
-    def get_exception_handler(self):
+    def get_exception_handler(self) -> _ExceptionHandler | None:
         """Return an exception handler, or None if the default one is in use."""
         return self._exception_handler
 
-    def set_exception_handler(self, handler):
+    def set_exception_handler(self, handler: _ExceptionHandler | None) -> None:
         """Set handler(loop, context) as the loop's exception handler; None
         restores the default."""
         if handler is not None and not callable(handler):
             raise TypeError(f"A callable object or None is expected, got {handler!r}")
         self._exception_handler = handler
 
-    def default_exception_handler(self, context):
+    def default_exception_handler(self, context: _Context) -> None:
         """Log the context's message, exception and other keys, as asyncio's
         default handler does."""
         message = context.get("message")
@@ -478,6 +512,7 @@ class Loop(
             message = "Unhandled exception in event loop"
 
         exception = context.get("exception")
+        exc_info: tuple[type[BaseException], BaseException, TracebackType | None] | bool
         if exception is not None:
             exc_info = (type(exception), exception, exception.__traceback__)
         else:
@@ -506,7 +541,7 @@ class Loop(
 
         logger.error("\n".join(log_lines), exc_info=exc_info)
 
-    def call_exception_handler(self, context):
+    def call_exception_handler(self, context: _Context) -> None:
         """Call the loop's exception handler with a context dict (keys:
         message, exception, future, task, handle, protocol, transport,
         socket, asyncgen)."""
@@ -582,22 +617,26 @@ class Loop(
         if transport is not None and not transport.is_closing():
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
-    def add_reader(self, fd, callback, *args):
+    def add_reader(
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+    ) -> None:
         """Start watching the file descriptor for read availability."""
         self._ensure_fd_no_transport(fd)
         self._add_reader(fd, callback, *args)
 
-    def remove_reader(self, fd):
+    def remove_reader(self, fd: FileDescriptorLike) -> bool:
         """Stop watching the file descriptor for read availability."""
         self._ensure_fd_no_transport(fd)
         return self._remove_reader(fd)
 
-    def add_writer(self, fd, callback, *args):
+    def add_writer(
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+    ) -> None:
         """Start watching the file descriptor for write availability."""
         self._ensure_fd_no_transport(fd)
         self._add_writer(fd, callback, *args)
 
-    def remove_writer(self, fd):
+    def remove_writer(self, fd: FileDescriptorLike) -> bool:
         """Stop watching the file descriptor for write availability."""
         self._ensure_fd_no_transport(fd)
         return self._remove_writer(fd)
@@ -689,7 +728,9 @@ def _trim_source_traceback(task):
 
 
 # The running Python's own BaseEventLoop.create_task: see _create_task_slow.
-_asyncio_create_task = asyncio.BaseEventLoop.create_task
+# Called as (loop, coro, **kwargs); its keywords differ by patch release
+# (3.13.3 added eager_start), which typeshed does not follow.
+_asyncio_create_task: Callable[..., asyncio.Task[Any]] = asyncio.BaseEventLoop.create_task
 
 
 def _create_task_slow(loop, coro, name, context, kwargs):

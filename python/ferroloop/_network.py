@@ -61,21 +61,23 @@ class NetworkMixin:
     """Stream connections and servers of ferroloop.Loop."""
 
     # -- asyncio's own policy code (see the module docstring) ----------------
+    # (type: ignore[attr-defined]: asyncio's private methods, which typeshed
+    # does not declare.)
     create_connection = _BaseLoop.create_connection
-    _connect_sock = _BaseLoop._connect_sock
-    _create_connection_transport = _BaseLoop._create_connection_transport
+    _connect_sock = _BaseLoop._connect_sock  # type: ignore[attr-defined]
+    _create_connection_transport = _BaseLoop._create_connection_transport  # type: ignore[attr-defined]
     create_server = _BaseLoop.create_server
-    _create_server_getaddrinfo = _BaseLoop._create_server_getaddrinfo
+    _create_server_getaddrinfo = _BaseLoop._create_server_getaddrinfo  # type: ignore[attr-defined]
     connect_accepted_socket = _BaseLoop.connect_accepted_socket
     create_datagram_endpoint = _BaseLoop.create_datagram_endpoint
     create_unix_connection = _UnixLoop.create_unix_connection
     create_unix_server = _UnixLoop.create_unix_server
-    _ensure_resolved = _BaseLoop._ensure_resolved
+    _ensure_resolved = _BaseLoop._ensure_resolved  # type: ignore[attr-defined]
     sendfile = _BaseLoop.sendfile
-    _sendfile_fallback = _BaseLoop._sendfile_fallback
+    _sendfile_fallback = _BaseLoop._sendfile_fallback  # type: ignore[attr-defined]
     start_tls = _with_ferroloop_tls(_BaseLoop.start_tls)
-    _accept_connection = _SelectorLoop._accept_connection
-    _accept_connection2 = _SelectorLoop._accept_connection2
+    _accept_connection = _SelectorLoop._accept_connection  # type: ignore[attr-defined]
+    _accept_connection2 = _SelectorLoop._accept_connection2  # type: ignore[attr-defined]
 
     # -- hooks ------------------------------------------------------------------
 

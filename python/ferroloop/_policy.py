@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._loop import Loop
 
 if sys.version_info >= (3, 14):
     # asyncio's public policy classes are deprecated on 3.14; their private
@@ -23,10 +27,10 @@ class EventLoopPolicy(_Base):
         asyncio.run(main())
     """
 
-    def _loop_factory(self):
+    def _loop_factory(self) -> Loop:
         from ._loop import Loop
 
         return Loop()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} ferroloop>"

@@ -14,8 +14,22 @@ import socket
 import sys
 import warnings
 from asyncio import coroutines
+from typing import TYPE_CHECKING
 
 from ._compat import iscoroutinefunction
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from typing_extensions import TypeVarTuple, Unpack
+
+    from ._ferroloop import EventLoop as _MixinBase
+
+    _Ts = TypeVarTuple("_Ts")
+else:
+    # For the type checker, the mixin is a part of Loop, with the native
+    # base's methods (at run time Loop has both bases).
+    _MixinBase = object
 
 logger = logging.getLogger("asyncio")
 
@@ -24,7 +38,7 @@ def _sighandler_noop(signum, frame):
     """Dummy signal handler: the wakeup fd does the work."""
 
 
-class SignalsMixin:
+class SignalsMixin(_MixinBase):
     # Both set in Loop.__init__ (they are slots of Loop).
     _signal_handlers: dict
     _signal_socks: tuple | None
@@ -52,7 +66,9 @@ class SignalsMixin:
             for s in socks:
                 s.close()
 
-    def add_signal_handler(self, sig, callback, *args):
+    def add_signal_handler(
+        self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+    ) -> None:
         """Add a handler for a signal. UNIX only.
 
         Raise ValueError if the signal number is invalid or uncatchable.
@@ -114,7 +130,7 @@ class SignalsMixin:
                 if signum:
                     self._handle_signal(signum)
 
-    def remove_signal_handler(self, sig):
+    def remove_signal_handler(self, sig: int) -> bool:
         """Remove a handler for a signal. UNIX only.
 
         Return True if a signal handler was removed, False if not.

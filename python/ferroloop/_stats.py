@@ -12,9 +12,13 @@ import traceback
 import types
 from asyncio import events, futures, tasks
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from . import _ferroloop
+
+if TYPE_CHECKING:
+    from ._ferroloop import _RawHistogram, _StatsRaw
+    from ._loop import Loop
 
 _NS = 1e-9
 _TASK_TYPES = (tasks.Task, getattr(tasks, "_PyTask", tasks.Task))
@@ -39,7 +43,7 @@ class Histogram:
     unit: str
 
     @classmethod
-    def _from_raw(cls, raw: Any, seconds: bool) -> Histogram:
+    def _from_raw(cls, raw: _RawHistogram, seconds: bool) -> Histogram:
         buckets, count, total, top = raw
         scale = _NS if seconds else 1
         return cls(
@@ -147,7 +151,7 @@ _HISTOGRAMS = (
 )
 
 
-def _tasks_alive(loop: Any) -> int:
+def _tasks_alive(loop: Loop) -> int:
     """Unfinished tasks of ``loop``, counted now (when tasks are not counted
     natively: metrics off, or no C tasks)."""
     if loop.is_closed():
@@ -246,7 +250,7 @@ class LoopStats:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def _from_raw(cls, loop: Any, raw: dict) -> LoopStats:
+    def _from_raw(cls, loop: Loop, raw: _StatsRaw) -> LoopStats:
         created = raw["tasks_created"]
         if raw["tasks_counted"]:
             finished = raw["tasks_finished"]
@@ -299,7 +303,7 @@ class LoopStats:
         )
 
 
-def utilization(raw: dict, previous: Utilization | None) -> Utilization:
+def utilization(raw: _StatsRaw, previous: Utilization | None) -> Utilization:
     idle = raw["idle_ns"] * _NS
     active = max(0.0, raw["run_ns"] * _NS - idle)
     if previous is not None:
@@ -450,8 +454,10 @@ class _StandInLoop:
 def _probe_task_callbacks() -> tuple | None:
     if tasks.Task.__module__ != "_asyncio" or futures.Future.__module__ != "_asyncio":
         return None  # pure-Python tasks: their steps are plain bound methods
-    loop = _StandInLoop()
-    fut = futures.Future(loop=loop)
+    stand_in = _StandInLoop()
+    # Duck-typed: a C Task and Future call only get_debug and call_soon.
+    loop = cast(events.AbstractEventLoop, stand_in)
+    fut: futures.Future[None] = futures.Future(loop=loop)
 
     async def wait() -> None:
         await fut
@@ -459,10 +465,10 @@ def _probe_task_callbacks() -> tuple | None:
     events._set_running_loop(loop)
     try:
         task = tasks.Task(wait(), loop=loop)
-        (step,) = loop.scheduled
+        (step,) = stand_in.scheduled
         step()  # the first step: the task now awaits fut
         fut.set_result(None)
-        (wakeup,) = loop.scheduled[1:]
+        (wakeup,) = stand_in.scheduled[1:]
         wakeup(fut)  # the last step: the task returns
     finally:
         events._set_running_loop(None)
@@ -526,5 +532,5 @@ def capture_stack(ident: int) -> str:
     return "".join(traceback.format_stack(frame)) if frame is not None else ""
 
 
-def records(loop: Any) -> list:
+def records(loop: Loop) -> list[SlowCallback]:
     return [SlowCallback(*r) for r in loop._slow_records()]

@@ -118,7 +118,8 @@ class SubprocessMixin:
     connect_write_pipe = _BaseLoop.connect_write_pipe
     subprocess_exec = _BaseLoop.subprocess_exec
     subprocess_shell = _BaseLoop.subprocess_shell
-    _log_subprocess = _BaseLoop._log_subprocess
+    # asyncio's private method, which typeshed does not declare.
+    _log_subprocess = _BaseLoop._log_subprocess  # type: ignore[attr-defined]
 
     def _child_watcher_callback(self, pid, returncode, transp):
         """A child exited (from any thread): ``_process_exited`` two ticks

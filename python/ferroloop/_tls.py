@@ -22,7 +22,7 @@ from asyncio import sslproto
 try:
     import ssl
 except ImportError:  # a Python built without OpenSSL: no TLS at all
-    ssl = None
+    ssl = None  # type: ignore[assignment]  # (typeshed's ssl is always there)
 
 from . import _ferroloop
 
@@ -55,7 +55,8 @@ _NATIVE = (
     and all(hasattr(sslproto.SSLProtocol, name) for name in _NATIVE_NEEDS)
 )
 
-if _NATIVE:
+# (The version test again, for the type checker: _NATIVE implies it.)
+if sys.version_info >= (3, 11) and _NATIVE:
     _State = sslproto.SSLProtocolState
     _Base = sslproto.SSLProtocol
 
@@ -122,4 +123,5 @@ if _NATIVE:
         ssl.SSLObject,
     )
 else:
-    SSLProtocol = sslproto.SSLProtocol
+    # No ssl module: asyncio's class, which then fails as asyncio's does.
+    SSLProtocol = sslproto.SSLProtocol  # type: ignore[misc, assignment]

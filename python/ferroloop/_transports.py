@@ -8,13 +8,20 @@ descriptors on the class, so ``transport.write(data)`` is one native call;
 what is policy (error reporting, EOF handling, reprs) is here.
 """
 
+from __future__ import annotations
+
 import socket
 import sys
 import warnings
 from asyncio import constants, futures, selector_events, transports
 from asyncio.log import logger
+from typing import TYPE_CHECKING
 
 from . import _ferroloop
+
+if TYPE_CHECKING:
+    from asyncio import BaseProtocol
+    from asyncio.base_events import Server
 
 _PY313 = sys.version_info >= (3, 13)
 
@@ -44,7 +51,8 @@ def _set_nodelay(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class DatagramTransport(selector_events._SelectorDatagramTransport, transports.DatagramTransport):
+# (ignore: typeshed does not declare asyncio's private _SelectorDatagramTransport)
+class DatagramTransport(selector_events._SelectorDatagramTransport, transports.DatagramTransport):  # type: ignore[name-defined]
     """A UDP or Unix datagram transport: asyncio's selector datagram
     transport (its sendto buffering, error_received and flow control) on the
     loop's native fd watchers."""
@@ -60,10 +68,6 @@ class DatagramTransport(selector_events._SelectorDatagramTransport, transports.D
         return "<{}>".format(" ".join(info))
 
 
-def _core_property(name, doc):
-    return property(lambda self: getattr(self._core, name), doc=doc)
-
-
 _NATIVE_EXTRA = frozenset(("socket", "sockname", "peername"))
 _NATIVE_FAMILIES = frozenset(
     f
@@ -77,6 +81,7 @@ class _CoreFace:
     core, ``self._core`` (``_ferroloop.StreamTransport``)."""
 
     __slots__ = ()
+    _core: _ferroloop.StreamTransport  # set by each face's constructor
 
     get_protocol = _delegate("get_protocol")
     set_protocol = _delegate("set_protocol")
@@ -84,8 +89,16 @@ class _CoreFace:
     is_closing = _delegate("is_closing")
     close = _delegate("close")
     _call_connection_lost = _delegate("_call_connection_lost")
-    _protocol = _core_property("_protocol", "The protocol (None once the connection is lost).")
-    _closing = _core_property("_closing", "close() was called, or EOF / an error ended it.")
+
+    @property
+    def _protocol(self) -> BaseProtocol | None:
+        """The protocol (None once the connection is lost)."""
+        return self._core._protocol
+
+    @property
+    def _closing(self) -> bool:
+        """close() was called, or EOF / an error ended it."""
+        return self._core._closing
 
     _FATAL_ERROR = "Fatal error on transport"
 
@@ -121,7 +134,11 @@ class _ReadingFace(_CoreFace):
     __slots__ = ()
 
     is_reading = _delegate("is_reading")
-    _paused = _core_property("_paused", "pause_reading() was called.")
+
+    @property
+    def _paused(self) -> bool:
+        """pause_reading() was called."""
+        return self._core._paused
 
     def pause_reading(self):
         if self._core._pause_reading() and self._loop.get_debug():
@@ -142,10 +159,16 @@ class _WritingFace(_CoreFace):
     get_write_buffer_limits = _delegate("get_write_buffer_limits")
     write_eof = _delegate("write_eof")
     abort = _delegate("abort")
-    _protocol_paused = _core_property("_protocol_paused", "The protocol was told to pause writing.")
-    _conn_lost = _core_property(
-        "_conn_lost", "Writes after the connection was lost (asyncio's count)."
-    )
+
+    @property
+    def _protocol_paused(self) -> bool:
+        """The protocol was told to pause writing."""
+        return self._core._protocol_paused
+
+    @property
+    def _conn_lost(self) -> int:
+        """Writes after the connection was lost (asyncio's count)."""
+        return self._core._conn_lost
 
     def set_write_buffer_limits(self, high=None, low=None):
         if high is None:
@@ -235,9 +258,20 @@ class SocketTransport(_ReadingFace, _WritingFace, transports._FlowControlMixin):
     _make_empty_waiter = _delegate("_make_empty_waiter")
     _reset_empty_waiter = _delegate("_reset_empty_waiter")
 
-    _eof = _core_property("_eof", "write_eof() was called.")
-    _sock_fd = _core_property("_fd", "The socket's fd.")
-    _server = _core_property("_server", "The Server that accepted the connection, if any.")
+    @property
+    def _eof(self) -> bool:
+        """write_eof() was called."""
+        return self._core._eof
+
+    @property
+    def _sock_fd(self) -> int:
+        """The socket's fd."""
+        return self._core._fd
+
+    @property
+    def _server(self) -> Server | None:
+        """The Server that accepted the connection, if any."""
+        return self._core._server
 
     @property
     def _sock(self):

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
 
 _STATE_KEY = "_ferroloop_saved_policy"
 
 
-def pytest_addoption(parser):
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ferroloop")
     group.addoption(
         "--no-ferroloop",
@@ -26,7 +30,7 @@ def pytest_addoption(parser):
     )
 
 
-def _set_policy(policy):
+def _set_policy(policy: asyncio.AbstractEventLoopPolicy | None) -> None:
     with warnings.catch_warnings():
         # The policy API is deprecated on Python 3.14+; it is still the one
         # hook that pytest-asyncio, anyio and unittest all honour.
@@ -34,13 +38,13 @@ def _set_policy(policy):
         asyncio.set_event_loop_policy(policy)
 
 
-def _get_policy():
+def _get_policy() -> asyncio.AbstractEventLoopPolicy:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return asyncio.get_event_loop_policy()
 
 
-def pytest_configure(config):
+def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("no_ferroloop", default=False):
         return
     if hasattr(config, _STATE_KEY):
@@ -52,14 +56,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "ferroloop: the test runs on ferroloop")
 
 
-def pytest_unconfigure(config):
+def pytest_unconfigure(config: pytest.Config) -> None:
     saved = getattr(config, _STATE_KEY, None)
     if saved is not None:
         delattr(config, _STATE_KEY)
         _set_policy(saved)
 
 
-def pytest_report_header(config):
+def pytest_report_header(config: pytest.Config) -> str | None:
     if hasattr(config, _STATE_KEY):
         from . import __version__
 
