@@ -21,7 +21,7 @@ import warnings
 import weakref
 
 import pytest
-from conftest import open_fd_count, wait_until
+from conftest import open_fd_count, settled_fd_count, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Unix pipes")
 
@@ -707,13 +707,12 @@ def test_regular_file_refused(loop, run, tmp_path):
     path.write_bytes(b"data")
 
     async def main(rf, wf):
-        before = open_fd_count()
+        before = await settled_fd_count()
         with pytest.raises(ValueError):
             await loop.connect_read_pipe(Recorder, rf)
         with pytest.raises(ValueError):
             await loop.connect_write_pipe(Recorder, wf)
-        gc.collect()
-        assert open_fd_count() == before
+        assert await settled_fd_count() == before
         # the refused files are still open and usable
         assert not rf.closed and not wf.closed
         os.fstat(rf.fileno())
