@@ -436,3 +436,30 @@ async def check_gunicorn_app(base, expected_loop, worker_pids):
             await ws.send_str("via gunicorn")
             assert await ws.receive_str(timeout=10) == f"echo: via gunicorn on {expected_loop}"
             await ws.close()
+
+
+def test_ferroloop_gunicorn_is_imported_only_on_use():
+    """ferroloop does not depend on gunicorn: importing it imports neither
+    gunicorn nor uvicorn-worker; ferroloop.gunicorn's classes are
+    uvicorn-worker's with only the loop changed."""
+    code = (
+        "import sys, ferroloop\n"
+        "print(sorted(m for m in ('gunicorn', 'uvicorn_worker', 'uvicorn') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+    pytest.importorskip("uvicorn_worker", reason="uvicorn-worker (requirements.txt)")
+    import uvicorn_worker
+    from ferroloop import gunicorn as fg
+
+    assert fg.LOOP == UVICORN_LOOP["ferroloop"]
+    for ours, theirs in (
+        (fg.UvicornWorker, uvicorn_worker.UvicornWorker),
+        (fg.UvicornH11Worker, uvicorn_worker.UvicornH11Worker),
+    ):
+        assert issubclass(ours, theirs)
+        assert ours.CONFIG_KWARGS == {**theirs.CONFIG_KWARGS, "loop": fg.LOOP}
+    assert fg.UvicornH11Worker.CONFIG_KWARGS["http"] == "h11"
