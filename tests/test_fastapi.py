@@ -159,23 +159,36 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def serve(cmd, port, tmp_path, loop_name, name, goodbye, **env):
-    """Run *cmd* until the block ends; yields the ServerProcess once its
-    port accepts connections. After the block the server must stop
-    gracefully (*goodbye* is the line that says so in its output). A
-    failure in the block, at startup or at the stop gets the server's output
-    in its message."""
-    srv = ServerProcess(cmd, port, tmp_path / f"{name}.log", child_env(loop_name, **env))
+def serve(make_cmd, tmp_path, loop_name, name, goodbye, **env):
+    """Run ``make_cmd(port)`` on a free port until the block ends; yields the
+    ServerProcess once that port accepts connections. After the block the
+    server must stop gracefully (*goodbye* is the line that says so in its
+    output). A failure in the block, at startup or at the stop gets the
+    server's output in its message."""
+    env = child_env(loop_name, **env)
+    for attempt in range(3):
+        port = free_port()
+        log = tmp_path / f"{name}-{attempt}.log"
+        srv = ServerProcess(make_cmd(port), port, log, env)
+        try:
+            srv.wait_ready()
+            break
+        except AssertionError as exc:
+            srv.stop()
+            # Another program took the free port before the server bound it.
+            if attempt < 2 and "address already in use" in srv.output().lower():
+                continue
+            raise AssertionError(f"{exc}\n--- {name} output ---\n{srv.describe()}") from None
     try:
-        srv.wait_ready()
         yield srv
     except BaseException as exc:
         srv.stop()
         note = f"--- {name} output ---\n{srv.describe()}"
         if hasattr(exc, "add_note"):
             exc.add_note(note)
-            raise
-        raise AssertionError(f"{exc}\n{note}") from exc  # Python 3.10
+        elif isinstance(exc, Exception):  # Python 3.10
+            raise AssertionError(f"{exc}\n{note}") from exc
+        raise
     problems = srv.stop()
     out = srv.output()
     problems += [f"server output has {bad!r}" for bad in BAD_OUTPUT if bad in out]
@@ -337,17 +350,18 @@ def test_uvicorn_command_line(loop, run, loop_name, tmp_path, http):
     pytest.importorskip("websockets", reason="uvicorn's websocket support (requirements.txt)")
     if http == "httptools":
         pytest.importorskip("httptools", reason="uvicorn --http httptools (requirements.txt)")
-    port = free_port()
     expected = expected_loop_class(loop_name)
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    cmd = uvicorn_cmd(loop_name, port, http)
-    with serve(
-        cmd, port, tmp_path, loop_name, "uvicorn", UVICORN_BYE, **{STATE_DIR_ENV: str(state_dir)}
-    ) as srv:
+    env = {STATE_DIR_ENV: str(state_dir)}
+
+    def cmd(port):
+        return uvicorn_cmd(loop_name, port, http)
+
+    with serve(cmd, tmp_path, loop_name, "uvicorn", UVICORN_BYE, **env) as srv:
         # uvicorn serves in the process it was started as.
         assert read_states(state_dir) == {srv.proc.pid: expected}
-        run(check_app(f"http://127.0.0.1:{port}", expected, srv.proc.pid), timeout=30)
+        run(check_app(f"http://127.0.0.1:{srv.port}", expected, srv.proc.pid), timeout=30)
 
 
 # --------------------------------------------------------------------------
@@ -379,13 +393,15 @@ async def pids_answering(base, want, deadline, at_least=100):
 def test_gunicorn_uvicorn_workers(loop, run, loop_name, tmp_path):
     pytest.importorskip("gunicorn", reason="gunicorn is what is tested (requirements.txt)")
     pytest.importorskip("uvicorn_worker", reason="uvicorn-worker (requirements.txt)")
-    port = free_port()
     expected = expected_loop_class(loop_name)
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    cmd = gunicorn_cmd(loop_name, port)
     env = {STATE_DIR_ENV: str(state_dir)}
-    with serve(cmd, port, tmp_path, loop_name, "gunicorn", GUNICORN_BYE, **env) as srv:
+
+    def cmd(port):
+        return gunicorn_cmd(loop_name, port)
+
+    with serve(cmd, tmp_path, loop_name, "gunicorn", GUNICORN_BYE, **env) as srv:
         # gunicorn's master binds the port before its workers boot: wait for
         # all of them to have started serving.
         deadline = time.monotonic() + READY_TIMEOUT
@@ -402,7 +418,7 @@ def test_gunicorn_uvicorn_workers(loop, run, loop_name, tmp_path):
             assert ppid == srv.proc.pid
         assert set(workers.values()) == {expected}
 
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{srv.port}"
         # Many requests on fresh connections: which worker accepts each is
         # the kernel's choice (in practice all three answer within the first
         # 20 or 40), so ask until every worker answered (or 20 s).
