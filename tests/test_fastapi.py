@@ -11,9 +11,12 @@ and talks to it with aiohttp (HTTP and websocket client) running on the
 ``loop`` fixture, the same loop under test. The app reports the loop class
 and pid it runs in; the test checks both. Server processes are stopped with
 SIGTERM (SIGKILL to their whole process group after a timeout) also when the
-test fails; a graceful stop must exit 0 and leave no process of the group
-behind, and the server's output must hold no traceback or error. That output
-is attached to a failure's message.
+test fails; a graceful stop must exit 0 (or by the SIGTERM uvicorn re-raises
+after its shutdown), print the server's goodbye line and leave no process of
+the group behind, and the server's output must hold no traceback or error.
+That output is attached to a failure's message. Servers run with
+conftest.child_env (without PYTHONASYNCIODEBUG / PYTHONDEVMODE), as every
+child process of the suite does.
 """
 
 import asyncio
@@ -41,8 +44,8 @@ READY_TIMEOUT = 30.0  # a loaded 2-core machine imports FastAPI in 1-3 s per pro
 STOP_TIMEOUT = 10.0
 WORKERS = 3
 
-# uvicorn's --loop value, the class `type(asyncio.get_running_loop())` must
-# be in the server, and the gunicorn worker class, for each loop under test.
+# uvicorn's --loop value and the gunicorn worker class for each loop under
+# test (expected_loop_class() is the class the server must then report).
 UVICORN_LOOP = {"asyncio": "asyncio", "ferroloop": "ferroloop:new_event_loop"}
 GUNICORN_WORKER = {
     "asyncio": "asyncio_worker.AsyncioUvicornWorker",  # tests/apps/asyncio_worker.py
