@@ -17,13 +17,17 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 try:
-    from uvicorn_worker import UvicornH11Worker as _H11Base
-    from uvicorn_worker import UvicornWorker as _Base
-except ImportError as exc:  # pragma: no cover - depends on the environment
+    # uvicorn-worker ships no type information (no py.typed): its classes
+    # are Any to a type checker.
+    from uvicorn_worker import UvicornH11Worker as _H11Base  # type: ignore[import-untyped]
+    from uvicorn_worker import UvicornWorker as _Base  # type: ignore[import-untyped]
+except ImportError:  # pragma: no cover - depends on the environment
+    # No `as exc` (stubtest would see the deleted name): the original error
+    # is chained as this one's context all the same.
     raise ImportError(
         "ferroloop.gunicorn needs gunicorn and the uvicorn-worker package "
-        f"(pip install gunicorn uvicorn-worker): {exc}"
-    ) from exc
+        "(pip install gunicorn uvicorn-worker)"
+    )
 
 __all__ = ("LOOP", "UvicornH11Worker", "UvicornWorker")
 
