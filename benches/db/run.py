@@ -15,9 +15,10 @@ warm-up; the rate is queries per second. Benchmarks:
 
 Within each round every benchmark runs once per loop, the loop order
 rotating each round. Reports medians, min, max, IQR and the ratios of
-medians to uvloop and asyncio (> 1.00x: faster). The server runs on the same
-2 cores as the client, as it would on a small host: its share is the same
-for every loop.
+medians to uvloop and asyncio (> 1.00x: faster). With two or more CPUs the
+server (and every backend it forks) is pinned to the last CPU and the client
+to the first (``--no-pin``: both float), so the server's work does not share
+the client loop's CPU.
 """
 
 import argparse
@@ -107,6 +108,8 @@ def worker(bench, loop_name, server, duration):
 
 def sample(bench, loop, server_file, args):
     cmd = [sys.executable, __file__, "--worker", bench, loop, server_file, str(args.duration)]
+    if args.client_cpu is not None:
+        cmd = ["taskset", "-c", str(args.client_cpu), *cmd]
     try:
         p = subprocess.run(
             cmd, capture_output=True, text=True, timeout=args.duration + 60, check=False
@@ -149,16 +152,21 @@ def main():
     ap.add_argument("--loops", type=lambda s: csv(s, LOOPS), default=list(LOOPS))
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin server and client")
     add_chart_arg(ap)
     args = ap.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = not args.no_pin and len(cpus) >= 2
+    args.client_cpu, server_cpu = (cpus[0], cpus[-1]) if pin else (None, None)
 
     script = os.path.join(ROOT, "scripts", "postgres.py")
     if subprocess.run([sys.executable, script, "install"], check=False).returncode != 0:
         sys.exit("no PostgreSQL server (scripts/postgres.py install failed)")
     base = tempfile.mkdtemp(prefix="ferroloop-pgbench-")
-    started = subprocess.run(
-        [sys.executable, script, "start", base], capture_output=True, text=True, check=False
-    )
+    start = [sys.executable, script, "start", base]
+    if server_cpu is not None:
+        start = ["taskset", "-c", str(server_cpu), *start]  # inherited by the backends
+    started = subprocess.run(start, capture_output=True, text=True, check=False)
     if started.returncode != 0:
         sys.exit(f"scripts/postgres.py start failed:\n{started.stderr}")
     server_file = os.path.join(base, "server.json")
@@ -179,7 +187,11 @@ def main():
     finally:
         subprocess.run([sys.executable, script, "stop", base], check=False)
     print(", ".join(version(lp) for lp in args.loops))
-    print(f"{args.rounds} rounds x {args.duration:g} s, {CONNECTIONS} connections, {TASKS} tasks")
+    where = f"server on CPU {server_cpu}, client on CPU {args.client_cpu}" if pin else "unpinned"
+    print(
+        f"{args.rounds} rounds x {args.duration:g} s, {CONNECTIONS} connections, "
+        f"{TASKS} tasks, {where}"
+    )
     print(table(results, args.only, args.loops, args.markdown))
     if args.json:
         save_json(args.json, args, results, errors)
