@@ -93,6 +93,7 @@ class _StatsRaw(TypedDict):
     tasks_created: int
     tasks_finished: int
     tasks_counted: int
+    tasks_alive: int
     transports_opened: int
     transports_closed: int
     bytes_received: int

@@ -253,8 +253,7 @@ class LoopStats:
     def _from_raw(cls, loop: Loop, raw: _StatsRaw) -> LoopStats:
         created = raw["tasks_created"]
         if raw["tasks_counted"]:
-            finished = raw["tasks_finished"]
-            alive = max(0, created - finished)
+            finished, alive = raw["tasks_finished"], raw["tasks_alive"]
         else:
             alive = _tasks_alive(loop)
             finished = max(0, created - alive)

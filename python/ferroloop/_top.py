@@ -259,8 +259,7 @@ def render(pid, now_pages, before_pages, width=100):
 def _tasks(c: dict) -> str:
     """The tasks part of the queue line: alive and finished when counted."""
     if c.get("tasks_counted"):
-        alive = max(0, c["tasks_created"] - c["tasks_finished"])
-        return f"   tasks {alive:,} alive, {c['tasks_finished']:,} finished"
+        return f"   tasks {c['tasks_alive']:,} alive, {c['tasks_finished']:,} finished"
     return f"   tasks created {c['tasks_created']:,}"
 
 

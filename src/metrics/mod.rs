@@ -194,6 +194,7 @@ pub const VALUES: &[Value] = &[
     ("tasks_created", |m| m.tasks_created.get()),
     ("tasks_finished", |m| m.tasks_finished.get()),
     ("tasks_counted", |m| u64::from(m.tasks_counted())),
+    ("tasks_alive", LoopMetrics::tasks_alive),
     ("transports_opened", |m| m.transports_opened.get()),
     ("transports_closed", |m| m.transports_closed.get()),
     ("bytes_received", |m| m.bytes_received.get()),
