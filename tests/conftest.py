@@ -282,22 +282,41 @@ def open_fd_count():
     return len(os.listdir("/proc/self/fd"))
 
 
-async def settled_fd_count(timeout=1.0):
-    """``open_fd_count()`` once it is steady: garbage collected, and the loop
-    run until two reads 10 ms apart agree (a transport closed by an earlier
-    test's garbage closes its fd a tick after ``__del__``), so a count taken
+def open_fds():
+    """This process's open fds, each with what it is (``/proc/self/fd``'s
+    link: a path, ``pipe:[N]``, ``socket:[N]``, ...), so a leak check that
+    fails names the fd."""
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass  # closed since the listing (the listing's own fd among them)
+    return fds
+
+
+async def settled_fds(timeout=1.0):
+    """``open_fds()`` once it is steady: garbage collected, and the loop run
+    until two reads 10 ms apart agree (a transport closed by an earlier
+    test's garbage closes its fd a tick after ``__del__``; a thread left by
+    an earlier test may hold a file open for a moment), so a count taken
     before the code under test does not include an fd about to close."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     gc.collect()
-    count = open_fd_count()
+    fds = open_fds()
     while loop.time() < deadline:
         await asyncio.sleep(0.01)
-        now = open_fd_count()
-        if now == count:
+        now = open_fds()
+        if now == fds:
             break
-        count = now
-    return count
+        fds = now
+    return fds
+
+
+async def settled_fd_count(timeout=1.0):
+    """How many fds ``settled_fds()`` finds."""
+    return len(await settled_fds(timeout))
 
 
 async def wait_until(predicate, timeout=5.0):
