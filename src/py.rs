@@ -11,6 +11,17 @@ static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 static KW_LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 static KW_TASK: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 static KW_TASK_310: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+static VERSION: std::sync::OnceLock<(u8, u8)> = std::sync::OnceLock::new();
+
+/// The running interpreter's (major, minor). Cached: pyo3's `version_info()`
+/// formats and parses `Py_GetVersion()` on every call (~1,000 instructions
+/// of `snprintf`, seen in a perf profile of `create_task`).
+pub fn version(py: Python<'_>) -> (u8, u8) {
+    *VERSION.get_or_init(|| {
+        let v = py.version_info();
+        (v.major, v.minor)
+    })
+}
 
 /// `asyncio.Future` (the C implementation when available).
 pub fn future_type(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
@@ -87,7 +98,7 @@ pub fn new_task<'py>(
     name: &Bound<'py, PyAny>,
     context: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    if py.version_info() < (3, 11) {
+    if version(py) < (3, 11) {
         // NOTE: 3.10's Task and create_task() take no context.
         if !context.is_none() {
             return Err(pyo3::exceptions::PyTypeError::new_err(
@@ -124,7 +135,6 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }
 }
 
-/// `threading.get_ident()` of the calling thread.
 /// Runs `f` inside the Context `ctx`, as `ctx.run(f)`.
 pub fn run_in_context<R>(
     py: Python<'_>,
@@ -145,6 +155,7 @@ pub fn run_in_context<R>(
     result
 }
 
+/// `threading.get_ident()` of the calling thread.
 pub fn thread_ident() -> u64 {
     // SAFETY: pthread_self never fails. CPython's threading.get_ident() is
     // this same value cast to unsigned long.

@@ -792,7 +792,7 @@ impl StreamTransport {
         let mut cleanup = Self::close_fd(slf);
         if let Some(server) = server {
             let detached = match &shell {
-                Some(s) if py.version_info() >= (3, 13) => server
+                Some(s) if crate::py::version(py) >= (3, 13) => server
                     .bind(py)
                     .call_method1(intern!(py, "_detach"), (s,))
                     .map(|_| ()),
