@@ -5,6 +5,7 @@ faster; asyncio is 1.0), with min-max whiskers. Used by the runners'
 
 import platform
 import statistics
+import textwrap
 import time
 
 COLORS = {"asyncio": "#9e9e9e", "uvloop": "#4c72b0", "ferroloop": "#dd8452"}
@@ -61,10 +62,10 @@ def write_chart(path, title, speed, command, base="asyncio"):
     machine = (
         f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
     )
-    ax.set_title(
-        f"{title}\n{time.strftime('%Y-%m-%d')}, {machine}: {command}",
-        fontsize=9,
-    )
+    # Wrapped to the figure's width: a long command would be cut off.
+    subtitle = f"{time.strftime('%Y-%m-%d')}, {machine}: {command}"
+    chars = int(fig.get_figwidth() * 13)  # ~13 characters an inch at 9 pt
+    ax.set_title("\n".join([title, *textwrap.wrap(subtitle, chars)]), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

@@ -58,20 +58,48 @@ def new_loop(name):
     return asyncio.SelectorEventLoop()
 
 
+def pool_kwargs(server):
+    """asyncpg.create_pool() arguments for the server scripts/postgres.py
+    started (its server.json): TCP to 127.0.0.1, no TLS, CONNECTIONS."""
+    return {
+        "host": server["host"],
+        "port": server["port"],
+        "user": server["user"],
+        "password": server["password"],
+        "database": server["database"],
+        "ssl": False,
+        "min_size": CONNECTIONS,
+        "max_size": CONNECTIONS,
+    }
+
+
+def start_server(cpu=None):
+    """Installs (when missing) and starts a throwaway server, pinned to
+    *cpu* with every backend it forks; returns its directory, which holds
+    server.json. Exits with a message when that fails."""
+    script = os.path.join(ROOT, "scripts", "postgres.py")
+    if subprocess.run([sys.executable, script, "install"], check=False).returncode != 0:
+        sys.exit("no PostgreSQL server (scripts/postgres.py install failed)")
+    base = tempfile.mkdtemp(prefix="ferroloop-pgbench-")
+    start = [sys.executable, script, "start", base]
+    if cpu is not None:
+        start = ["taskset", "-c", str(cpu), *start]  # inherited by the backends
+    started = subprocess.run(start, capture_output=True, text=True, check=False)
+    if started.returncode != 0:
+        sys.exit(f"scripts/postgres.py start failed:\n{started.stderr}")
+    return base
+
+
+def stop_server(base):
+    script = os.path.join(ROOT, "scripts", "postgres.py")
+    subprocess.run([sys.executable, script, "stop", base], check=False)
+
+
 async def measure(bench, server, duration):
     import asyncpg
 
     method, query = QUERIES[bench]
-    pool = await asyncpg.create_pool(
-        host=server["host"],
-        port=server["port"],
-        user=server["user"],
-        password=server["password"],
-        database=server["database"],
-        ssl=False,
-        min_size=CONNECTIONS,
-        max_size=CONNECTIONS,
-    )
+    pool = await asyncpg.create_pool(**pool_kwargs(server))
     count = 0
     phase = {"stop": False, "counting": False}
 
@@ -159,16 +187,7 @@ def main():
     pin = not args.no_pin and len(cpus) >= 2
     args.client_cpu, server_cpu = (cpus[0], cpus[-1]) if pin else (None, None)
 
-    script = os.path.join(ROOT, "scripts", "postgres.py")
-    if subprocess.run([sys.executable, script, "install"], check=False).returncode != 0:
-        sys.exit("no PostgreSQL server (scripts/postgres.py install failed)")
-    base = tempfile.mkdtemp(prefix="ferroloop-pgbench-")
-    start = [sys.executable, script, "start", base]
-    if server_cpu is not None:
-        start = ["taskset", "-c", str(server_cpu), *start]  # inherited by the backends
-    started = subprocess.run(start, capture_output=True, text=True, check=False)
-    if started.returncode != 0:
-        sys.exit(f"scripts/postgres.py start failed:\n{started.stderr}")
+    base = start_server(server_cpu)
     server_file = os.path.join(base, "server.json")
     results = {b: {lp: [] for lp in args.loops} for b in args.only}
     errors = {}
@@ -185,7 +204,7 @@ def main():
                         results[bench][lp].append(res["rate"])
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
-        subprocess.run([sys.executable, script, "stop", base], check=False)
+        stop_server(base)
     print(", ".join(version(lp) for lp in args.loops))
     where = f"server on CPU {server_cpu}, client on CPU {args.client_cpu}" if pin else "unpinned"
     print(
