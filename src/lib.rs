@@ -1,4 +1,5 @@
 //! ferroloop: asyncio's event loop, in Rust. Module registration only.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod clock;
 mod errors;

@@ -433,10 +433,8 @@ mod tests {
     fn pipe() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two fds pipe2 writes.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) },
-            0
-        );
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
         // SAFETY: pipe2 succeeded, so both fds are new and owned by nothing else.
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
@@ -555,10 +553,8 @@ mod tests {
         let mut fw = FdWatchers::default();
         fw.add(e, fd, Direction::Read, 1).unwrap();
         // SAFETY: writes one byte from a static buffer to our pipe.
-        assert_eq!(
-            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
-            1
-        );
+        let rc = unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(rc, 1);
         assert_eq!(wait(&ep).len(), 1);
         assert_eq!(fw.remove(e, fd, Direction::Read).unwrap(), (Some(1), true));
         assert!(fw.parked.contains(fd));
@@ -607,10 +603,8 @@ mod tests {
         // stays in the epoll set, and nobody can delete it any more.
         drop(r);
         // SAFETY: writes one byte from a static buffer to our pipe.
-        assert_eq!(
-            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
-            1
-        );
+        let rc = unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(rc, 1);
         drop(w);
         // Readable and hung up, yet reported at most once.
         assert!(wait(&ep).len() <= 1);
@@ -628,10 +622,8 @@ mod tests {
         let mut fw = FdWatchers::default();
         assert_eq!(fw.add_oneshot_reader(e, fd, 1).unwrap(), (None, true));
         // SAFETY: writes one byte from a static buffer to our pipe.
-        assert_eq!(
-            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
-            1
-        );
+        let rc = unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(rc, 1);
         let ev = wait(&ep);
         assert_eq!(ev.len(), 1);
         let mut run = Vec::new();
@@ -674,10 +666,8 @@ mod tests {
         let mut fw = FdWatchers::default();
         fw.add_oneshot_reader(e, fd, 1).unwrap();
         // SAFETY: writes one byte from a static buffer to our pipe.
-        assert_eq!(
-            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
-            1
-        );
+        let rc = unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(rc, 1);
         assert_eq!(wait(&ep).len(), 1);
         fw.on_ready(e, (fd, true, false), |_| false, |_, _| (), &mut Vec::new());
         // A second reader on the fd (fired and disabled) re-enables it.

@@ -245,10 +245,8 @@ mod tests {
         let mut fds = [0; 2];
         // SAFETY: pipe2 fills the two-element array; both fds are closed
         // below.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
-            0
-        );
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
         let mut st = State::new(None, false, None, None, None);
         let data = vec![7u8; 1 << 20];
         let Next::Buffered { register } = write(fds[1], &mut st, &data) else {
@@ -277,10 +275,8 @@ mod tests {
     fn a_full_childs_pipe_grows_once_and_returns_its_growth_at_close() {
         let mut fds = [0; 2];
         // SAFETY: pipe2 fills the array; both fds are closed below.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
-            0
-        );
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
         let mut st = State::new(None, false, None, None, None);
         st.growth = PipeGrowth::Allowed;
         let before = pipe_size(fds[0]);
@@ -310,10 +306,8 @@ mod tests {
     fn a_pipe_never_shrinks_and_others_never_grow() {
         let mut fds = [0; 2];
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
-            0
-        );
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
         // SAFETY: growing our own pipe beyond the target.
         let big = unsafe { libc::fcntl(fds[0], libc::F_SETPIPE_SZ, 2 * GROWN_SIZE as i32) };
         if big >= 2 * GROWN_SIZE as i32 {
@@ -324,10 +318,8 @@ mod tests {
         let mut st = State::new(None, false, None, None, None);
         let mut small = [0; 2];
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::pipe2(small.as_mut_ptr(), libc::O_NONBLOCK) },
-            0
-        );
+        let rc = unsafe { libc::pipe2(small.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
         let before = pipe_size(small[0]);
         st.pipe_full(small[0]);
         assert_eq!(st.growth, PipeGrowth::Never);
@@ -347,10 +339,8 @@ mod tests {
     fn write_to_a_closed_reader_fails_and_counts() {
         let mut fds = [0; 2];
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
-            0
-        );
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
         // SAFETY: closing our own read end; SIGPIPE is ignored below.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
