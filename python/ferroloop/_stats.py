@@ -4,6 +4,7 @@ return: immutable snapshots of the loop's native metrics (``src/metrics``)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -517,7 +518,7 @@ def describe_callback(obj: Any) -> tuple[str, Any, Any, Any, Any]:
 
 def slow_callback(loop: Any, obj: Any, kind: str, start: float, duration: float, stack: Any):
     text, task, coro, started, location = describe_callback(obj)
-    stack = stack or None
+    stack = _format_stack(stack) if stack else None
     loop._push_slow_record((start, duration, kind, text, task, coro, started, location, stack))
     handler = loop._slow_callback_handler
     if handler is not None:
@@ -526,9 +527,30 @@ def slow_callback(loop: Any, obj: Any, kind: str, start: float, duration: float,
 
 
 def capture_stack(ident: int) -> str:
-    """The Python stack of thread ``ident`` now (the watchdog's capture)."""
+    """The Python stack of thread ``ident`` now (the watchdog's capture), as
+    JSON: each frame's file, line and function, outermost first.
+
+    NOTE: no source lines: linecache would open the files, from the
+    watchdog thread, in the middle of the program's own work (the GIL is
+    released around the reads), and a program counting its open fds then
+    sees one more (the flaky fd checks of tests/test_subprocess.py, after a
+    ``gc.collect()`` that ran past the 50 ms threshold). ``slow_callback``
+    looks the lines up later, on the loop thread."""
     frame = sys._current_frames().get(ident)
-    return "".join(traceback.format_stack(frame)) if frame is not None else ""
+    frames = []
+    while frame is not None:
+        code = frame.f_code
+        frames.append((code.co_filename, frame.f_lineno, code.co_name))
+        frame = frame.f_back
+    frames.reverse()
+    return json.dumps(frames) if frames else ""
+
+
+def _format_stack(captured: str) -> str:
+    """``capture_stack``'s frames as ``traceback.format_stack`` prints them,
+    source lines included."""
+    frames = [(f, n, name, None) for f, n, name in json.loads(captured)]
+    return "".join(traceback.StackSummary.from_list(frames).format())
 
 
 def records(loop: Loop) -> list[SlowCallback]:
