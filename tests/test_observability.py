@@ -499,6 +499,48 @@ def test_slow_callback_recorded_with_stack(floop):
     assert "time.sleep(0.08)" in last[1]
 
 
+_OPENED = {"watching": False, "files": []}
+_HOOKS = []
+
+
+def _record_opens(event, args):
+    if _OPENED["watching"] and event == "open":
+        _OPENED["files"].append((threading.get_ident(), args[0]))
+
+
+def test_watchdog_opens_no_file_in_the_program(floop):
+    """The watchdog captures a slow callback's stack without reading source
+    files: linecache would open them from the watchdog thread in the middle
+    of the program's callback (with the GIL released around the reads, the
+    program could see the extra fd). The lines are looked up on the loop
+    thread after the callback returns. Seen through the "open" audit event,
+    which the opening thread raises."""
+    import linecache
+
+    import ferroloop
+
+    if _record_opens not in _HOOKS:  # audit hooks stay for the process: add once
+        sys.addaudithook(_record_opens)
+        _HOOKS.append(_record_opens)
+
+    def slow():
+        linecache.clearcache()  # a capture that read sources would open them now
+        _OPENED["files"].clear()
+        _OPENED["watching"] = True
+        try:
+            time.sleep(0.12)  # the watchdog flags it at 50 ms and captures
+        finally:
+            _OPENED["watching"] = False
+
+    floop.call_soon(slow)
+    floop.call_soon(floop.stop)
+    floop.run_forever()
+    (rec,) = ferroloop.slow_callbacks(floop)
+    assert rec.stack is not None  # captured while the callback ran
+    assert "time.sleep(0.12)" in rec.stack  # source lines looked up afterwards
+    assert _OPENED["files"] == []
+
+
 def test_slow_task_step_names_the_task_and_lines(floop):
     import ferroloop
 
