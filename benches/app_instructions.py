@@ -45,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 
 sys.dont_write_bytecode = True
@@ -198,42 +197,13 @@ def measure_queries(bench, loop, n, server_file, outdir):
 
 def measure_requests(loop, n, outdir):
     port = web.free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "fastapi_app:app",
-        "--app-dir",
-        web.APPS,
-        "--loop",
-        web.LOOP_OPTION[loop],
-        "--http",
-        "httptools",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
 
     def drive(p):
-        deadline = time.monotonic() + 300  # imports under valgrind are slow
-        while True:
-            if p.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {p.returncode} before listening")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("uvicorn not listening after 300 s") from None
-                time.sleep(0.2)
+        web.wait_listening(p, port, 300, poll=0.2)  # imports under valgrind are slow
         http_requests(port, n)
         p.send_signal(2)  # SIGINT: uvicorn shuts down and callgrind writes out
 
-    return callgrind(cmd, drive, outdir)
+    return callgrind(web.uvicorn_command(loop, "httptools", port), drive, outdir)
 
 
 def per_unit(loop, first, second, n1, n2):
@@ -303,7 +273,7 @@ def main():
                         ]
                     else:
                         runs = [measure_requests(lp, n, outdir) for n in (args.n1, args.n2)]
-                except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                except (RuntimeError, web.SampleError, subprocess.SubprocessError, OSError) as e:
                     print(f"{w} {lp}: {e}", file=sys.stderr)
                     failed = True
                     continue

@@ -28,33 +28,36 @@ def raise_unprintable():
     raise Unprintable()
 
 
-def test_unprintable_exception_from_callback_reaches_the_handler(loop, exc_handler, run_forever):
+def run_raising_callback(loop, run_forever, callback):
+    """Runs `callback` then one more callback in the same tick; returns
+    whether that one ran (the loop went on after the error)."""
     after = []
-    loop.call_soon(raise_unprintable)
+    loop.call_soon(callback)
     loop.call_soon(after.append, "ran")
     loop.call_soon(loop.stop)
     run_forever()
+    return after == ["ran"]
+
+
+def test_unprintable_exception_from_callback_reaches_the_handler(loop, exc_handler, run_forever):
+    went_on = run_raising_callback(loop, run_forever, raise_unprintable)
     [ctx] = exc_handler.take()
     assert type(ctx["exception"]) is Unprintable
     assert ctx["message"].startswith("Exception in callback raise_unprintable()")
-    assert after == ["ran"]  # the loop went on
+    assert went_on
 
 
 def test_unprintable_exception_logged_by_the_default_handler(loop, run_forever, caplog):
     loop.set_exception_handler(None)
-    after = []
-    loop.call_soon(raise_unprintable)
-    loop.call_soon(after.append, "ran")
-    loop.call_soon(loop.stop)
     with caplog.at_level(logging.ERROR, logger="asyncio"):
-        run_forever()
+        went_on = run_raising_callback(loop, run_forever, raise_unprintable)
     [record] = [r for r in caplog.records if r.name == "asyncio"]
     assert record.exc_info[0] is Unprintable
     # Formatting the record must survive the exception's __str__ raising
     # (traceback prints "<exception str() failed>").
     text = logging.Formatter().format(record)
     assert "Unprintable" in text
-    assert after == ["ran"]
+    assert went_on
 
 
 def test_unprintable_exception_from_task_is_the_tasks(loop, run):
@@ -70,12 +73,8 @@ def test_exception_handler_raising_unprintable_falls_back(loop, run_forever, cap
         raise Unprintable()
 
     loop.set_exception_handler(handler)
-    after = []
-    loop.call_soon(raise_unprintable)
-    loop.call_soon(after.append, "ran")
-    loop.call_soon(loop.stop)
     with caplog.at_level(logging.ERROR, logger="asyncio"):
-        run_forever()
+        went_on = run_raising_callback(loop, run_forever, raise_unprintable)
     # asyncio's default handler reports the handler's error, and formatting
     # that report (the context's values, repr'd) fails in turn: it logs that.
     [record] = [r for r in caplog.records if r.name == "asyncio"]
@@ -84,21 +83,17 @@ def test_exception_handler_raising_unprintable_falls_back(loop, run_forever, cap
         "error in custom exception handler"
     )
     assert record.exc_info[0] is RuntimeError  # from Unprintable.__repr__
-    assert after == ["ran"]
+    assert went_on
 
 
 def test_memory_error_from_callback_goes_to_the_handler(loop, exc_handler, run_forever):
     def cb():
         raise MemoryError("provoked")
 
-    after = []
-    loop.call_soon(cb)
-    loop.call_soon(after.append, "ran")
-    loop.call_soon(loop.stop)
-    run_forever()
+    went_on = run_raising_callback(loop, run_forever, cb)
     [ctx] = exc_handler.take()
     assert type(ctx["exception"]) is MemoryError
-    assert after == ["ran"]
+    assert went_on
 
 
 def test_memory_error_from_executor_job_is_the_futures(loop, run):

@@ -499,8 +499,7 @@ def test_slow_callback_recorded_with_stack(floop):
     assert "time.sleep(0.08)" in last[1]
 
 
-_OPENED = {"watching": False, "files": []}
-_HOOKS = []
+_OPENED = {"hooked": False, "watching": False, "files": []}
 
 
 def _record_opens(event, args):
@@ -519,9 +518,9 @@ def test_watchdog_opens_no_file_in_the_program(floop):
 
     import ferroloop
 
-    if _record_opens not in _HOOKS:  # audit hooks stay for the process: add once
+    if not _OPENED["hooked"]:  # audit hooks stay for the process: add once
         sys.addaudithook(_record_opens)
-        _HOOKS.append(_record_opens)
+        _OPENED["hooked"] = True
 
     def slow():
         linecache.clearcache()  # a capture that read sources would open them now

@@ -44,6 +44,7 @@ QUERIES = {
     "rows1000": ("fetch", "SELECT g, 'label ' || g::text FROM generate_series(1, 1000) g"),
 }
 CONNECTIONS = TASKS = 10
+POSTGRES = os.path.join(ROOT, "scripts", "postgres.py")
 
 
 def new_loop(name):
@@ -77,11 +78,10 @@ def start_server(cpu=None):
     """Installs (when missing) and starts a throwaway server, pinned to
     *cpu* with every backend it forks; returns its directory, which holds
     server.json. Exits with a message when that fails."""
-    script = os.path.join(ROOT, "scripts", "postgres.py")
-    if subprocess.run([sys.executable, script, "install"], check=False).returncode != 0:
+    if subprocess.run([sys.executable, POSTGRES, "install"], check=False).returncode != 0:
         sys.exit("no PostgreSQL server (scripts/postgres.py install failed)")
     base = tempfile.mkdtemp(prefix="ferroloop-pgbench-")
-    start = [sys.executable, script, "start", base]
+    start = [sys.executable, POSTGRES, "start", base]
     if cpu is not None:
         start = ["taskset", "-c", str(cpu), *start]  # inherited by the backends
     started = subprocess.run(start, capture_output=True, text=True, check=False)
@@ -91,8 +91,7 @@ def start_server(cpu=None):
 
 
 def stop_server(base):
-    script = os.path.join(ROOT, "scripts", "postgres.py")
-    subprocess.run([sys.executable, script, "stop", base], check=False)
+    subprocess.run([sys.executable, POSTGRES, "stop", base], check=False)
 
 
 async def measure(bench, server, duration):

@@ -84,30 +84,51 @@ def get_json(url):
         return json.loads(r.read())
 
 
+def uvicorn_command(loop, http, port):
+    """uvicorn's command line serving the app with `loop` on 127.0.0.1:port."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "fastapi_app:app",
+        "--app-dir",
+        APPS,
+        "--loop",
+        LOOP_OPTION[loop],
+        "--http",
+        http,
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
+def wait_listening(p, port, timeout, poll=0.05):
+    """Until the server process `p` accepts on 127.0.0.1:port; SampleError if
+    it exits first or is not listening after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if p.poll() is not None:
+            raise SampleError(f"uvicorn exited with {p.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SampleError(f"not listening after {timeout:g} s") from None
+            time.sleep(poll)
+
+
 class Uvicorn:
     """uvicorn's command line in a process group of its own."""
 
     def __init__(self, loop, args, logdir):
         self.port = free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "fastapi_app:app",
-            "--app-dir",
-            APPS,
-            "--loop",
-            LOOP_OPTION[loop],
-            "--http",
-            args.http,
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
+        cmd = uvicorn_command(loop, args.http, self.port)
         env = dict(os.environ)
         for name in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE", "FERROLOOP_METRICS"):
             env.pop(name, None)
@@ -122,7 +143,7 @@ class Uvicorn:
                 start_new_session=True,
             )
         try:
-            self._wait_ready(args.ready_timeout)
+            wait_listening(self.p, self.port, args.ready_timeout)
             got = get_json(f"{self.url}/loop")["loop"]
             if got != LOOP_CLASS[loop]:
                 raise SampleError(f"server runs {got}, expected {LOOP_CLASS[loop]}")
@@ -135,19 +156,6 @@ class Uvicorn:
     @property
     def url(self):
         return f"http://127.0.0.1:{self.port}"
-
-    def _wait_ready(self, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.p.poll() is not None:
-                raise SampleError(f"uvicorn exited with {self.p.returncode} before listening")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SampleError(f"not listening after {timeout:g} s") from None
-                time.sleep(0.05)
 
     def stop(self, timeout=10):
         """SIGTERM, SIGKILL to the group after *timeout*; the problems seen."""
