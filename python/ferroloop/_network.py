@@ -22,6 +22,7 @@ import stat
 import sys
 import types
 from asyncio import base_events, constants, selector_events, sslproto, trsock, unix_events
+from asyncio.log import logger
 
 from . import _ferroloop, _tls
 from ._tls import SSLProtocol
@@ -32,6 +33,8 @@ _SelectorLoop = selector_events.BaseSelectorEventLoop
 _UnixLoop = unix_events._UnixSelectorEventLoop
 
 _PY311 = sys.version_info >= (3, 11)
+# accept() errors a server survives: it backs off and tries again.
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def _with_ferroloop_tls(func):
@@ -76,7 +79,6 @@ class NetworkMixin:
     sendfile = _BaseLoop.sendfile
     _sendfile_fallback = _BaseLoop._sendfile_fallback  # type: ignore[attr-defined]
     start_tls = _with_ferroloop_tls(_BaseLoop.start_tls)
-    _accept_connection = _SelectorLoop._accept_connection  # type: ignore[attr-defined]
     _accept_connection2 = _SelectorLoop._accept_connection2  # type: ignore[attr-defined]
 
     # -- hooks ------------------------------------------------------------------
@@ -125,19 +127,9 @@ class NetworkMixin:
 
         def on_error(exc):
             # asyncio's _accept_connection, for errors other than "try again".
-            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            if exc.errno not in _OUT_OF_RESOURCES:
                 raise exc  # The event loop will catch, log and ignore it.
-            # Linux keeps reporting the fd as ready: stop watching it for a
-            # while and try again later.
-            self.call_exception_handler(
-                {
-                    "message": "socket.accept() out of system resource",
-                    "exception": exc,
-                    "socket": trsock.TransportSocket(sock),
-                }
-            )
-            self._remove_reader(sock.fileno())
-            self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving, *args)
+            self._accept_out_of_resources(exc, args)
 
         acceptor = _ferroloop.Acceptor(
             self,
@@ -150,6 +142,51 @@ class NetworkMixin:
             _is_tcp(sock),
         )
         self._add_reader(sock.fileno(), acceptor._accept_ready)
+
+    def _accept_connection(self, protocol_factory, sock, sslcontext, server, backlog, *timeouts):
+        """asyncio's accept loop, for the servers ``_start_serving`` does not
+        accept natively: up to *backlog* connections per readiness, each
+        handed to asyncio's ``_accept_connection2`` in a task. Unlike
+        asyncio's up to 3.13 (CPython gh-151615), the first out-of-resources
+        error ends the round, as in the native acceptor: one report and one
+        retry, not one of each per remaining ``backlog``."""
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # that connection is gone; the next may not be
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise  # The event loop will catch, log and ignore it.
+                args = (protocol_factory, sock, sslcontext, server, backlog, *timeouts)
+                self._accept_out_of_resources(exc, args)
+                return
+            if self._debug:
+                logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+            conn.setblocking(False)
+            extra = {"peername": addr}
+            self.create_task(
+                self._accept_connection2(
+                    protocol_factory, conn, extra, sslcontext, server, *timeouts
+                )
+            )
+
+    def _accept_out_of_resources(self, exc, start_serving_args):
+        """Out of fds or memory while accepting: report it, stop watching
+        the listening socket (Linux keeps reporting it readable) and try
+        again after ACCEPT_RETRY_DELAY, as asyncio does."""
+        sock = start_serving_args[1]
+        self.call_exception_handler(
+            {
+                "message": "socket.accept() out of system resource",
+                "exception": exc,
+                "socket": trsock.TransportSocket(sock),
+            }
+        )
+        self._remove_reader(sock.fileno())
+        self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving, *start_serving_args)
 
     async def _sendfile_native(self, transp, file, offset, count):
         # asyncio's, with the native transport mark in place of _transports.
