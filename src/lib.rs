@@ -50,5 +50,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(metrics::py_histogram_bounds, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::py_value_names, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // True in the `checked` profile (Cargo.toml): debug assertions and
+    // overflow checks on; scripts/test asserts it for the build it runs the
+    // behaviour suite on.
+    m.add("_debug_assertions", cfg!(debug_assertions))?;
     Ok(())
 }

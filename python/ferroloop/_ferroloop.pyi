@@ -33,6 +33,7 @@ __all__ = [
     "TimerHandle",
     "TlsCore",
     "__version__",
+    "_debug_assertions",
     "_histogram_bounds",
     "_openmetrics",
     "_python_exiting",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 __version__: str
+_debug_assertions: bool
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
