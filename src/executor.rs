@@ -36,6 +36,8 @@ pub struct ThreadPool {
     rx: Receiver<Job>,
     max_workers: usize,
     started: AtomicUsize,
+    /// Workers waiting for a job (in `next_job`); a worker leaves the count
+    /// as soon as it has taken one, without waiting for the GIL.
     idle: AtomicUsize,
 }
 
@@ -117,7 +119,14 @@ impl ThreadPool {
     }
 
     /// Queues `func(*args)` for `future`. Returns whether the caller must
-    /// start one more worker thread (none idle and fewer than max_workers).
+    /// start one more worker thread: more jobs wait than workers wait for
+    /// them, and fewer than max_workers run.
+    ///
+    /// NOTE: counting waiting workers alone (grow only when none waits)
+    /// ran a burst of jobs one after another on the one idle worker: every
+    /// job of the burst saw it waiting. concurrent.futures claims an idle
+    /// worker per job (a semaphore); comparing the queue with the waiting
+    /// workers does the same without a lock.
     fn submit_job(
         &self,
         event_loop: Bound<'_, EventLoop>,
@@ -143,7 +152,7 @@ impl ThreadPool {
             // An unbounded channel with a live receiver (ours) cannot fail.
             let _ = tx.send(job);
         }
-        if self.idle.load(Ordering::Acquire) > 0 {
+        if self.rx.len() <= self.idle.load(Ordering::Acquire) {
             return Ok(false);
         }
         let grew = self
@@ -160,8 +169,13 @@ impl ThreadPool {
     fn work(&self, py: Python<'_>) -> PyResult<()> {
         loop {
             self.idle.fetch_add(1, Ordering::AcqRel);
-            let next = py.detach(|| self.next_job());
-            self.idle.fetch_sub(1, Ordering::AcqRel);
+            let next = py.detach(|| {
+                let next = self.next_job();
+                // Before taking the GIL back (the loop thread may hold it
+                // while it submits more jobs): this worker is busy now.
+                self.idle.fetch_sub(1, Ordering::AcqRel);
+                next
+            });
             let Ok(job) = next else {
                 return Ok(());
             };

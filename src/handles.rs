@@ -124,6 +124,18 @@ impl Handle {
             return Ok(());
         };
         let ctx = self.context.as_ptr();
+        // SAFETY: `ctx` is a live object we hold a strong reference to.
+        let is_context = unsafe { ffi::PyContext_CheckExact(ctx) } != 0;
+        if !is_context {
+            // Not a contextvars.Context (call_soon(..., context=obj)):
+            // asyncio calls `obj.run(cb, *args)`, whatever obj is, and
+            // reports what that raises (AttributeError for most objects).
+            let run = self.context.bind(py).getattr(pyo3::intern!(py, "run"))?;
+            let mut all = vec![func];
+            all.extend(args.iter());
+            run.call1(PyTuple::new(py, all)?)?;
+            return Ok(());
+        }
         // SAFETY: `ctx`, `func` and `args` are live objects we hold strong
         // references to for the whole block (`args` is an exact tuple, so
         // its item array is valid for its size); PyContext_Enter/Exit are paired

@@ -104,17 +104,59 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> IoResult {
 
 /// `io(fd, buf)` (recv or read) of up to `n` bytes into the scratch
 /// buffer, then a `bytes` of what arrived; None if it would block.
+///
+/// A read larger than the scratch buffer goes straight into a `bytes` of
+/// `n`, which Python allocates: a size it cannot allocate is its
+/// MemoryError, one past `Py_ssize_t` its OverflowError, as from
+/// `socket.recv(n)` (never a Rust allocation failure, which aborts).
 fn read_with(
     py: Python<'_>,
     fd: RawFd,
     n: usize,
     io: fn(RawFd, &mut [u8]) -> IoResult,
 ) -> PyResult<Option<Bound<'_, PyBytes>>> {
+    if n > SCRATCH_SIZE {
+        return read_into_new_bytes(py, fd, n, io);
+    }
     with_scratch(n, |buf| match io(fd, buf) {
         IoResult::Done(got) => Ok(Some(PyBytes::new(py, &buf[..got]))),
         IoResult::WouldBlock => Ok(None),
         IoResult::Failed(e) => Err(errors::os_error(e)),
     })
+}
+
+/// `io(fd, buf)` of up to `n` bytes into a new `bytes` of `n` bytes; a
+/// short read is copied out into one of the size that arrived.
+fn read_into_new_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    n: usize,
+    io: fn(RawFd, &mut [u8]) -> IoResult,
+) -> PyResult<Option<Bound<'_, PyBytes>>> {
+    let Ok(size) = pyo3::ffi::Py_ssize_t::try_from(n) else {
+        return Err(pyo3::exceptions::PyOverflowError::new_err(
+            "Python int too large to convert to C ssize_t",
+        ));
+    };
+    // SAFETY: with a NULL source, PyBytes_FromStringAndSize returns a new
+    // bytes object of `size` uninitialized bytes (or NULL with an exception
+    // set: MemoryError). It is not shared until returned, so filling it is
+    // allowed; if the read comes up short, only the filled prefix is copied
+    // out and the object is dropped unseen.
+    unsafe {
+        let obj = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let bytes = Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>();
+        let buf = std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(obj).cast::<u8>(), n);
+        match io(fd, buf) {
+            IoResult::Done(got) if got == n => Ok(Some(bytes)),
+            IoResult::Done(got) => Ok(Some(PyBytes::new(py, &buf[..got]))),
+            IoResult::WouldBlock => Ok(None),
+            IoResult::Failed(e) => Err(errors::os_error(e)),
+        }
+    }
 }
 
 /// `sock.recv(n)` on fd; None if it would block.
@@ -187,25 +229,5 @@ pub fn read_bytes_direct(
         return read_bytes(py, fd, n);
     }
     let want = (waiting as usize).min(n);
-    // SAFETY: with a NULL source, PyBytes_FromStringAndSize returns a new
-    // bytes object of `want` uninitialized bytes (or NULL with an exception
-    // set). It is not shared until returned, so filling it is allowed; if
-    // the read comes up short, only the filled prefix is copied out and the
-    // object is dropped unseen.
-    unsafe {
-        let obj =
-            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), want as pyo3::ffi::Py_ssize_t);
-        if obj.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        let bytes = Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>();
-        let buf =
-            std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(obj).cast::<u8>(), want);
-        match read(fd, buf) {
-            IoResult::Done(got) if got == want => Ok(Some(bytes)),
-            IoResult::Done(got) => Ok(Some(PyBytes::new(py, &buf[..got]))),
-            IoResult::WouldBlock => Ok(None),
-            IoResult::Failed(e) => Err(errors::os_error(e)),
-        }
-    }
+    read_into_new_bytes(py, fd, want, read)
 }

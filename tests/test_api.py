@@ -478,3 +478,23 @@ def test_import_refused_on_unsupported_python(ferroloop, pretend, shown):
     assert out.startswith("ImportError: ferroloop needs CPython 3.10 or later"), out
     assert f"this is {shown} " in out
     assert "_ferroloop" not in out
+
+
+def test_closed_loop_holds_no_fd(loop_factory):
+    # close() closes every fd of the loop, though the object lives on (a
+    # fixture or a test keeping its closed loops): ferroloop's kept its
+    # eventfd waker until the object was freed.
+    from conftest import open_fds
+
+    before = open_fds()
+    loops = []
+    for _ in range(20):
+        lp = loop_factory()
+        lp.run_until_complete(asyncio.sleep(0))
+        lp.call_soon_threadsafe(print)  # the waker has been used
+        lp.close()
+        loops.append(lp)
+    gc.collect()
+    assert open_fds() == before
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loops[0].call_soon_threadsafe(print)

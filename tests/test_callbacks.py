@@ -341,3 +341,23 @@ def test_callback_exception_does_not_stop_the_loop(loop, exc_handler, run_foreve
     assert seen == ["after"]
     [ctx] = exc_handler.take()
     assert isinstance(ctx["exception"], ValueError)
+
+
+def test_context_that_is_not_a_context(loop, run_forever, exc_handler):
+    # asyncio runs a handle as `context.run(callback, *args)`, whatever the
+    # context is: an object with a run() method is called, any other fails
+    # with its AttributeError when the callback is due.
+    calls = []
+
+    class RunsItself:
+        def run(self, callback, *args):
+            calls.append("run")
+            return callback(*args)
+
+    loop.call_soon(calls.append, "cb", context=RunsItself())
+    loop.call_soon(calls.append, "never", context=5)
+    loop.call_soon(loop.stop)
+    run_forever()
+    assert calls == ["run", "cb"]
+    [ctx] = exc_handler.take()
+    assert type(ctx["exception"]) is AttributeError

@@ -254,3 +254,20 @@ def test_exception_in_done_callback(loop, exc_handler, run):
     else:
         assert "bad_done_callback() at " in ctx["message"]
     assert isinstance(ctx["exception"], ZeroDivisionError)
+
+
+def test_call_exception_handler_with_a_non_dict(loop, caplog):
+    # 3.10/3.11's asyncio hands the handler whatever it was given; 3.12+
+    # first looks the context up in it, which fails, and logs that instead.
+    seen = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_exception_handler([])
+    if sys.version_info < (3, 12):
+        assert seen == [[]]
+        assert not caplog.records
+    else:
+        assert seen == []
+        [record] = caplog.records
+        assert record.getMessage().startswith("Unhandled error in exception handler")
+        assert record.exc_info[0] is AttributeError

@@ -206,3 +206,20 @@ def test_run_in_executor_cancel_wrapper(loop, run):
         run(main())
     finally:
         release.set()
+
+
+def test_burst_of_blocking_jobs_runs_in_parallel(loop, run):
+    # After one job, one worker waits for work; a burst of 4 blocking jobs
+    # must start more workers, not queue behind it (issue #9's soak found
+    # ferroloop running such a burst on one thread, one job after another).
+    def blocking():
+        time.sleep(0.3)
+        return threading.current_thread().name
+
+    async def main():
+        await loop.run_in_executor(None, int)
+        await asyncio.sleep(0.05)  # that worker is idle now
+        return await asyncio.gather(*(loop.run_in_executor(None, blocking) for _ in range(4)))
+
+    names = run(main())
+    assert len(set(names)) == 4, names

@@ -356,3 +356,25 @@ def test_removed_reader_of_a_file_outliving_its_fd_stays_quiet(loop, run_forever
             d.close()
     finally:
         keep.close()
+
+
+@pytest.mark.parametrize("fd", [2**31, 2**63, 2**70])
+def test_fd_past_a_c_int(loop, fd):
+    # No such fd: adding fails as the selector's register does, removing
+    # finds nothing.
+    with pytest.raises(OverflowError):
+        loop.add_reader(fd, print)
+    with pytest.raises(OverflowError):
+        loop.add_writer(fd, print)
+    assert loop.remove_reader(fd) is False
+    assert loop.remove_writer(fd) is False
+
+
+@pytest.mark.parametrize("fd", [-1, -(2**31) - 1, -(2**70)])
+def test_negative_fd(loop, fd):
+    for method in (loop.add_reader, loop.add_writer):
+        with pytest.raises(ValueError, match="Invalid file descriptor"):
+            method(fd, print)
+    for method in (loop.remove_reader, loop.remove_writer):
+        with pytest.raises(ValueError, match="Invalid file descriptor"):
+            method(fd)

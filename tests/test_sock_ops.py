@@ -491,3 +491,31 @@ def test_recv_woken_with_nothing_to_read_keeps_waiting(loop, run, pair):
     run(main())
     assert drained == [b"first", b"again"]
     assert loop.remove_reader(a) is False
+
+
+@pytest.mark.parametrize(
+    ("n", "exc_type"), [(2**62, MemoryError), (2**63, OverflowError), (-1, ValueError)]
+)
+def test_sock_recv_impossible_size(loop, run, pair, n, exc_type):
+    # socket.recv(n)'s errors, ready data or not: a size Python cannot
+    # allocate is MemoryError, one past ssize_t OverflowError (ferroloop's
+    # native recv once aborted the process on the first: a Rust allocation).
+    a, b = pair
+    with pytest.raises(exc_type):
+        run(loop.sock_recv(a, n))
+    b.send(b"x")
+    with pytest.raises(exc_type):
+        run(loop.sock_recv(a, n))
+    assert run(loop.sock_recv(a, 2**20)) == b"x"  # a large, possible size
+
+
+def test_getaddrinfo_literal_checks_like_the_executor_path(loop, run, new_loop):
+    # An address literal is answered without the executor on ferroloop, but
+    # still refused where the executor path would refuse it.
+    run(loop.shutdown_default_executor())
+    with pytest.raises(RuntimeError, match="Executor shutdown has been called"):
+        run(loop.getaddrinfo("127.0.0.1", 80))
+    closed = new_loop()
+    closed.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        run(closed.getaddrinfo("127.0.0.1", 80))

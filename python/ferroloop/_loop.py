@@ -557,6 +557,11 @@ class Loop(  # type: ignore[misc]
                 logger.error("Exception in default exception handler", exc_info=True)
         else:
             try:
+                if not _PY312:
+                    # 3.10/3.11's asyncio calls the handler as is (3.12 first
+                    # looks the context up in the dict, below).
+                    self._exception_handler(self, context)
+                    return
                 ctx = None
                 thing = context.get("task")
                 if thing is None:
@@ -569,7 +574,7 @@ class Loop(  # type: ignore[misc]
                     thing = context.get("handle")
                 if thing is not None and hasattr(thing, "get_context"):
                     ctx = thing.get_context()
-                if _PY312 and ctx is not None and hasattr(ctx, "run"):
+                if ctx is not None and hasattr(ctx, "run"):
                     ctx.run(self._exception_handler, self, context)
                 else:
                     self._exception_handler(self, context)
@@ -608,6 +613,10 @@ class Loop(  # type: ignore[misc]
             except (AttributeError, TypeError, ValueError):
                 # This code matches selectors._fileobj_to_fd function.
                 raise ValueError(f"Invalid file object: {fd!r}") from None
+        if fileno < 0:
+            raise ValueError(f"Invalid file descriptor: {fileno}")
+        if fileno > _FD_MAX:
+            return  # no such fd: adding fails, removing finds nothing (asyncio's)
         if self._fd_has_transport(fileno):
             raise RuntimeError(
                 f"File descriptor {fd!r} is used by transport <SocketTransport fd={fileno}>"
@@ -640,6 +649,10 @@ class Loop(  # type: ignore[misc]
         """Stop watching the file descriptor for write availability."""
         self._ensure_fd_no_transport(fd)
         return self._remove_writer(fd)
+
+
+# The largest fd number (a C int).
+_FD_MAX = 2**31 - 1
 
 
 def _set_future_state(fut, ok, value):

@@ -415,11 +415,17 @@ class SocketsMixin:
 
         NOTE: hosts that are address literals (or None) with a numeric port
         are answered at once: getaddrinfo only parses them, so a thread hop
-        would cost more than the call. Names go to the default executor.
+        would cost more than the call, but only where the executor would
+        have taken it: a closed loop, a shut-down default executor raise
+        RuntimeError as on the executor path. Names go to the default
+        executor.
         """
         func = self._getaddrinfo_debug if self.get_debug() else socket.getaddrinfo
         if _is_numeric_host(host) and _is_numeric_port(port):
-            return func(host, port, family, type, proto, flags)
+            self._check_closed()
+            self._check_default_executor()
+            if not getattr(self._default_executor, "_shutdown", False):
+                return func(host, port, family, type, proto, flags)
         return await self.run_in_executor(None, func, host, port, family, type, proto, flags)
 
     def _getaddrinfo_debug(self, host, port, family, type, proto, flags):

@@ -5,7 +5,7 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
-use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple};
@@ -16,11 +16,19 @@ use crate::errors;
 use crate::handles::{self, Handle};
 use crate::io::fd_watchers::Direction;
 
+/// What `fileobj_to_fd` found: an fd, or a non-negative number past a C
+/// int (no such fd: asyncio's selector fails to register it with
+/// OverflowError, and finds nothing to remove).
+pub(crate) enum FdNumber {
+    Fd(RawFd),
+    TooLarge,
+}
+
 /// selectors' `_fileobj_to_fd`: an int, or an object whose `fileno()` is one.
-pub(crate) fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+pub(crate) fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<FdNumber> {
     let py = obj.py();
-    let fd: i64 = if obj.is_instance_of::<PyInt>() {
-        obj.extract()?
+    let number = if obj.is_instance_of::<PyInt>() {
+        obj.clone()
     } else {
         // `int(fileobj.fileno())`; its AttributeError, TypeError or
         // ValueError become selectors' ValueError.
@@ -28,7 +36,7 @@ pub(crate) fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             .call_method0(intern!(py, "fileno"))
             .and_then(|f| py.get_type::<PyInt>().call1((f,)))
         {
-            Ok(fd) => fd.extract()?,
+            Ok(fd) => fd,
             Err(e)
                 if e.is_instance_of::<PyAttributeError>(py)
                     || e.is_instance_of::<PyTypeError>(py)
@@ -42,10 +50,15 @@ pub(crate) fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             Err(e) => return Err(e),
         }
     };
-    RawFd::try_from(fd)
-        .ok()
-        .filter(|fd| *fd >= 0)
-        .ok_or_else(|| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+    if number.lt(0)? {
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {number}"
+        )));
+    }
+    Ok(match number.extract::<RawFd>() {
+        Ok(fd) => FdNumber::Fd(fd),
+        Err(_) => FdNumber::TooLarge,
+    })
 }
 
 impl EventLoop {
@@ -59,7 +72,12 @@ impl EventLoop {
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, Handle>> {
         slf.get().check_usable()?;
-        Self::add_watch(slf, fileobj_to_fd(fileobj)?, dir, callback, args)
+        match fileobj_to_fd(fileobj)? {
+            FdNumber::Fd(fd) => Self::add_watch(slf, fd, dir, callback, args),
+            FdNumber::TooLarge => Err(PyOverflowError::new_err(
+                "Python int too large to convert to C int",
+            )),
+        }
     }
 
     /// asyncio's `_remove_reader` / `_remove_writer` for `fileobj` (a closed
@@ -72,7 +90,10 @@ impl EventLoop {
         if slf.get().closed_flag() {
             return Ok(false);
         }
-        Self::remove_watch(slf, fileobj_to_fd(fileobj)?, dir)
+        match fileobj_to_fd(fileobj)? {
+            FdNumber::Fd(fd) => Self::remove_watch(slf, fd, dir),
+            FdNumber::TooLarge => Ok(false),
+        }
     }
 
     /// Registers `callback(*args)` for `fd` and returns its handle; a

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
 use mio::Waker;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
@@ -84,7 +84,11 @@ pub struct EventLoop {
     /// the core lock after checking `closed`, which is set before the
     /// poller (and so this fd) is dropped.
     pub(crate) epoll_fd: RawFd,
-    pub(crate) waker: Arc<Waker>,
+    /// The poller's eventfd waker, for other threads; `None` once the loop
+    /// is closed (close() closes the eventfd, as asyncio's closes its
+    /// self-pipe). A wake holds the read lock while it writes, so the fd is
+    /// never closed, and its number reused, under a writer.
+    pub(crate) waker: RwLock<Option<Arc<Waker>>>,
     /// The loop is (about to be) blocked in poll: wake it on new work.
     pub(crate) sleeping: AtomicBool,
     pub(crate) stopping: AtomicBool,
@@ -122,7 +126,7 @@ impl EventLoop {
             core: Mutex::new(Core::default()),
             poller: Mutex::new(Some(poller)),
             epoll_fd,
-            waker,
+            waker: RwLock::new(Some(waker)),
             sleeping: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -241,6 +245,8 @@ impl EventLoop {
         self.timer_cancelled.store(0, Ordering::Relaxed);
         let poller = self.poller.lock().take();
         drop(poller);
+        let waker = self.waker.write().take();
+        drop(waker);
         // Released outside the lock: handles may hold objects with __del__.
         Python::attach(|py| {
             ready.into_iter().for_each(|r| r.release(py));

@@ -130,7 +130,9 @@ impl EventLoop {
     pub(crate) fn wake(&self) {
         if self.sleeping.swap(false, Ordering::SeqCst) {
             // A failed wake (eventfd full) still leaves the fd readable.
-            let _ = self.waker.wake();
+            if let Some(waker) = self.waker.read().as_ref() {
+                let _ = waker.wake();
+            }
             self.metrics.wakeups.fetch_add(1, Ordering::Relaxed);
         }
     }
