@@ -276,6 +276,32 @@ def test_tasks_created_alive_finished(floop):
     assert after.tasks_created - after.tasks_finished == after.tasks_alive
 
 
+def test_create_task_that_raises_counts_no_task(floop):
+    """A create_task() call that fails made no task: it is not created, and
+    not alive forever (the soak found tasks_alive growing by one per
+    failed call)."""
+
+    def factory(loop, coro, **kwargs):
+        coro.close()
+        raise RuntimeError("factory refuses")
+
+    async def main():
+        before = floop.stats()
+        for _ in range(10):
+            with pytest.raises(TypeError):
+                floop.create_task(floop.create_future())  # not a coroutine
+        floop.set_task_factory(factory)
+        for _ in range(10):
+            with pytest.raises(RuntimeError, match="factory refuses"):
+                floop.create_task(asyncio.sleep(0))
+        floop.set_task_factory(None)
+        return before, floop.stats()
+
+    before, after = run_with_timeout(floop, main())
+    assert after.tasks_created == before.tasks_created
+    assert after.tasks_alive == before.tasks_alive
+
+
 def test_tasks_of_a_factory_and_subclass_counted(floop):
     class MyTask(asyncio.Task):
         pass

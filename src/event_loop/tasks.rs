@@ -26,11 +26,13 @@ impl EventLoop {
         let py = slf.py();
         let this = slf.get();
         this.check_usable()?;
-        this.metrics.tasks_created.add(1);
+        // NOTE: counted once made: a call that raises (not a coroutine, a
+        // failing factory) made no task, and would stay "alive" forever.
         let has_factory = this.task_factory.lock().is_some();
         if has_factory || kwargs.is_some() {
             let task =
                 py::call_helper(py, "_create_task_slow", (slf, coro, name, context, kwargs))?;
+            this.metrics.tasks_created.add(1);
             if this.metrics.enabled && task_steps::done_on_creation(&task) {
                 this.metrics.tasks_finished.add(1);
             }
@@ -44,6 +46,7 @@ impl EventLoop {
             name.as_ref().unwrap_or(&none),
             context.as_ref().unwrap_or(&none),
         )?;
+        this.metrics.tasks_created.add(1);
         if this.debug_enabled() {
             py::call_helper(py, "_trim_source_traceback", (&task,))?;
         }
