@@ -159,8 +159,13 @@ fn read_into_new_bytes(
     }
 }
 
-/// `sock.recv(n)` on fd; None if it would block.
+/// `sock.recv(n)` on fd; None if it would block. `recv(0)` is `b""` at
+/// once, data or not, as from `socket.recv(0)` (recv(2) of 0 bytes would
+/// say EAGAIN on an empty socket, and sock_recv would wait).
 pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'_, PyBytes>>> {
+    if n == 0 {
+        return Ok(Some(PyBytes::new(py, b"")));
+    }
     read_with(py, fd, n, recv)
 }
 

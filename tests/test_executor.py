@@ -223,3 +223,30 @@ def test_burst_of_blocking_jobs_runs_in_parallel(loop, run):
 
     names = run(main())
     assert len(set(names)) == 4, names
+
+
+EXIT_WITH_A_JOB_RUNNING = """
+import time
+loop = make_loop()
+loop.run_in_executor(None, time.sleep, 0.1)  # still running at exit
+loop.close()  # shuts the executor down without waiting
+
+
+class SlowFinalizer:
+    # Keeps the interpreter finalizing while the job ends.
+    def __del__(self):
+        time.sleep(0.3)
+
+
+keep = SlowFinalizer()
+print("exiting")
+"""
+
+
+def test_exit_with_an_executor_job_running(run_child):
+    # The job is finished and its worker joined before the interpreter
+    # finalizes, as concurrent.futures does: ferroloop's worker, never
+    # joined, woke during finalization and the process aborted (SIGABRT).
+    proc = run_child(EXIT_WITH_A_JOB_RUNNING)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "exiting\n"

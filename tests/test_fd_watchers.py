@@ -378,3 +378,15 @@ def test_negative_fd(loop, fd):
     for method in (loop.remove_reader, loop.remove_writer):
         with pytest.raises(ValueError, match="Invalid file descriptor"):
             method(fd)
+
+
+def test_closed_loop_removes_nothing_without_looking(new_loop):
+    # A closed loop answers False to remove_* before looking at the fd
+    # (asyncio's); adding raises that it is closed.
+    lp = new_loop()
+    lp.close()
+    for fd in (-1, 2**31, 0):
+        assert lp.remove_reader(fd) is False
+        assert lp.remove_writer(fd) is False
+        with pytest.raises(RuntimeError, match="closed"):
+            lp.add_reader(fd, print)

@@ -253,3 +253,41 @@ def test_add_signal_handler_while_loop_runs_in_another_thread(run_child):
     proc = run_child(SIGNAL_WHILE_RUNNING_ELSEWHERE, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_signal_handler_runs_after_what_the_tick_scheduled(loop, run_forever, restore_sigusr):
+    # asyncio reads its wakeup fd in an I/O callback and queues the handler
+    # behind what the tick's callbacks scheduled: it runs a tick later.
+    order = []
+    loop.add_signal_handler(signal.SIGUSR1, order.append, "signal handler")
+
+    def first():
+        order.append("first")
+        loop.call_soon(order.append, "scheduled by first")
+
+    os.kill(os.getpid(), signal.SIGUSR1)
+    loop.call_soon(first)
+    loop.call_later(0.05, loop.stop)
+    run_forever()
+    assert order == ["first", "scheduled by first", "signal handler"]
+
+
+def test_signal_handler_exit_leaves_no_stop_behind(loop, run, restore_sigusr):
+    # A handler's SystemExit ends run_until_complete() after its future is
+    # done; the next run must not stop at once on that run's stop (ferroloop
+    # ran the handler a tick early, ahead of the queued stop).
+    def handler():
+        raise SystemExit(3)
+
+    async def quick():
+        return 1
+
+    async def slower():
+        await asyncio.sleep(0.01)
+        return "done"
+
+    loop.add_signal_handler(signal.SIGUSR1, handler)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    with pytest.raises(SystemExit):
+        run(quick())
+    assert run(slower()) == "done"

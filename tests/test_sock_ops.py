@@ -519,3 +519,9 @@ def test_getaddrinfo_literal_checks_like_the_executor_path(loop, run, new_loop):
     closed.close()
     with pytest.raises(RuntimeError, match="Event loop is closed"):
         run(closed.getaddrinfo("127.0.0.1", 80))
+
+
+def test_sock_recv_zero_bytes_does_not_wait(loop, run, pair):
+    # socket.recv(0) is b"" at once, data or not.
+    a, _ = pair
+    assert run(asyncio.wait_for(loop.sock_recv(a, 0), 5)) == b""

@@ -62,29 +62,56 @@ def _run_until_complete_cb(fut):
     futures._get_loop(fut).stop()
 
 
+class _Worker(threading.Thread):
+    """A worker thread of a default executor's native pool (``pool``)."""
+
+    def __init__(self, pool, name):
+        super().__init__(target=pool.work, name=name, daemon=True)
+        self.pool = pool
+
+
+def _join_workers_at_exit():
+    """What concurrent.futures does for its workers at interpreter exit:
+    every native pool stops taking jobs, its workers finish the queued ones
+    and are joined. Also for the pools of closed loops, which close() shut
+    down without waiting: a worker left running would wake during
+    finalization, need the GIL and be forced to exit through Rust frames
+    (the process aborts)."""
+    workers = [t for t in threading.enumerate() if isinstance(t, _Worker)]
+    for t in workers:
+        t.pool.shutdown(False)
+    for t in workers:
+        t.join()
+
+
+# threading's atexit hooks run before the interpreter finalizes, while
+# threads can still run (and in the reverse order: this one after those
+# registered later, e.g. concurrent.futures' own).
+try:
+    threading._register_atexit(_join_workers_at_exit)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # imported while the interpreter exits
+    pass
+
+
 class _DefaultExecutor(concurrent.futures.ThreadPoolExecutor):
     """The loop's default executor: a real ThreadPoolExecutor (same
     max_workers, thread names ``asyncio_N``, submit/shutdown) whose
     run_in_executor path uses a native work queue and worker loop
-    (src/executor.rs) instead of concurrent.futures' Python machinery."""
+    (src/executor.rs) instead of concurrent.futures' Python machinery.
+    At interpreter exit, ``_join_workers_at_exit`` finishes its queued jobs."""
 
     def __init__(self):
         super().__init__(thread_name_prefix="asyncio")
         self._native = _ferroloop.ThreadPool(self._max_workers)
         self._native_threads = []
         self._native_lock = threading.Lock()
-        try:
-            # Like concurrent.futures: finish queued work at interpreter exit.
-            threading._register_atexit(_shutdown_at_exit, weakref.ref(self))
-        except (AttributeError, RuntimeError):
-            pass
 
     def _run_in_executor(self, loop, func, args):
         fut = loop.create_future()
         if self._native.submit_job(loop, fut, func, args):
             with self._native_lock:
                 name = f"{self._thread_name_prefix}_{len(self._native_threads)}"
-                t = threading.Thread(target=self._native.work, name=name, daemon=True)
+                t = _Worker(self._native, name)
                 t.start()
                 self._native_threads.append(t)
         return fut
@@ -98,12 +125,6 @@ class _DefaultExecutor(concurrent.futures.ThreadPoolExecutor):
             for t in threads:
                 if t is not threading.current_thread():
                     t.join()
-
-
-def _shutdown_at_exit(ref):
-    executor = ref()
-    if executor is not None:
-        executor.shutdown(wait=True)
 
 
 # The ignore below is for two kinds of base-class conflicts only: the
@@ -613,10 +634,11 @@ class Loop(  # type: ignore[misc]
             except (AttributeError, TypeError, ValueError):
                 # This code matches selectors._fileobj_to_fd function.
                 raise ValueError(f"Invalid file object: {fd!r}") from None
-        if fileno < 0:
-            raise ValueError(f"Invalid file descriptor: {fileno}")
-        if fileno > _FD_MAX:
-            return  # no such fd: adding fails, removing finds nothing (asyncio's)
+        if not 0 <= fileno <= _FD_MAX:
+            # Owned by no transport. What else is wrong with it is for
+            # _add_reader & co. to say, as in asyncio: a closed loop's
+            # remove_reader() answers False without looking at it.
+            return
         if self._fd_has_transport(fileno):
             raise RuntimeError(
                 f"File descriptor {fd!r} is used by transport <SocketTransport fd={fileno}>"

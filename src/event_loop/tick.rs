@@ -10,6 +10,7 @@ use std::time::Duration;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 use super::sock_recv::SockRecvWaiter;
 use super::watcher::Ready;
@@ -252,9 +253,14 @@ impl EventLoop {
         }
         if outcome.signal_ready {
             // Signal numbers written by CPython's C handler to the wakeup
-            // fd: schedule the add_signal_handler callbacks (asyncio's
-            // _read_from_self / _process_self_data).
-            slf.call_method0(intern!(py, "_read_signal_fd"))?;
+            // fd: a callback of this tick reads them and schedules the
+            // add_signal_handler callbacks (asyncio's _read_from_self, an
+            // I/O callback). Read here, before the tick, they would run
+            // ahead of what this tick's callbacks schedule, one tick early,
+            // and a handler's SystemExit would leave run_until_complete()'s
+            // stop behind for the next run (the API fuzzer found both).
+            let read = slf.getattr(intern!(py, "_read_signal_fd"))?;
+            Self::schedule_soon(slf, read, PyTuple::empty(py), None, false)?;
         }
 
         if !io.is_empty() {
