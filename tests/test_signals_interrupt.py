@@ -291,3 +291,28 @@ def test_signal_handler_exit_leaves_no_stop_behind(loop, run, restore_sigusr):
     with pytest.raises(SystemExit):
         run(quick())
     assert run(slower()) == "done"
+
+
+def test_close_outside_the_main_thread_with_a_signal_handler(new_loop, restore_sigusr):
+    # Removing the handler raises ValueError outside the main thread; the
+    # loop is closed by then, as asyncio's close() closes it first.
+    lp = new_loop()
+    lp.add_signal_handler(signal.SIGUSR2, print)
+    result = []
+
+    def close():
+        try:
+            lp.close()
+            result.append("closed")
+        except ValueError:
+            result.append("ValueError")
+
+    t = threading.Thread(target=close)
+    t.start()
+    t.join()
+    try:
+        assert result == ["ValueError"]
+        assert lp.is_closed()
+    finally:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGUSR2, signal.SIG_DFL)

@@ -303,7 +303,6 @@ class Loop(  # type: ignore[misc]
             return
         if self.get_debug():
             logger.debug("Close %r", self)
-        self._close_signals()
         self._close_native()
         self._close_child_watching()
         self._executor_shutdown_called = True
@@ -311,6 +310,9 @@ class Loop(  # type: ignore[misc]
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
+        # Last, as asyncio's: removing a handler raises ValueError outside
+        # the main thread, and the loop is closed by then.
+        self._close_signals()
 
     def __del__(self, _warn=warnings.warn):
         if not self.is_closed():

@@ -155,6 +155,9 @@ class SignalsMixin(_MixinBase):
         return True
 
     def _close_signals(self):
+        """close()'s last step: the wakeup socketpair (asyncio's self-pipe,
+        closed first), then the handlers."""
+        self._close_signal_socks()
         if not sys.is_finalizing():
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
@@ -166,4 +169,3 @@ class SignalsMixin(_MixinBase):
                 source=self,
             )
             self._signal_handlers.clear()
-        self._close_signal_socks()
