@@ -250,3 +250,27 @@ def test_exit_with_an_executor_job_running(run_child):
     proc = run_child(EXIT_WITH_A_JOB_RUNNING)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "exiting\n"
+
+
+def test_replaced_default_executor_lets_its_workers_go(loop, run):
+    # set_default_executor() drops the old default executor without
+    # shutting it down: once it is collected, its idle workers exit
+    # (ferroloop's stayed for the rest of the process, one per replacement).
+    import gc
+
+    before = set(threading.enumerate())
+    run(loop.run_in_executor(None, time.sleep, 0.01))
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+    gc.collect()
+    run(loop.run_in_executor(None, int))
+
+    async def settle():
+        deadline = loop.time() + 5
+        while loop.time() < deadline:
+            left = [t for t in set(threading.enumerate()) - before if t.name.startswith("asyncio")]
+            if not left:
+                return []
+            await asyncio.sleep(0.01)
+        return [t.name for t in left]
+
+    assert run(settle()) == []

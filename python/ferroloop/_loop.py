@@ -116,6 +116,14 @@ class _DefaultExecutor(concurrent.futures.ThreadPoolExecutor):
                 self._native_threads.append(t)
         return fut
 
+    def __del__(self):
+        # Dropped without shutdown() (set_default_executor() replaced it):
+        # its idle workers exit, as concurrent.futures' do when their
+        # executor is collected; queued jobs still run first.
+        native = getattr(self, "_native", None)
+        if native is not None:
+            native.shutdown(False)
+
     def shutdown(self, wait=True, *, cancel_futures=False):
         self._native.shutdown(cancel_futures)
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
