@@ -390,3 +390,25 @@ def test_closed_loop_removes_nothing_without_looking(new_loop):
         assert lp.remove_writer(fd) is False
         with pytest.raises(RuntimeError, match="closed"):
             lp.add_reader(fd, print)
+
+
+@pytest.mark.parametrize("which", ["reader", "writer"])
+def test_remove_by_a_socket_closed_since(loop, which):
+    # "sock.close(); loop.remove_reader(sock)": the selector finds the
+    # registration by the object once its fileno() is -1 (True); ferroloop
+    # raised ValueError and left the registration behind.
+    add = getattr(loop, f"add_{which}")
+    remove = getattr(loop, f"remove_{which}")
+    a, b = socket.socketpair()
+    try:
+        add(a, print)
+        fd = a.fileno()
+        a.close()
+        assert remove(a) is True
+        with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+            remove(a)  # not registered any more: nothing to find it by
+        assert remove(fd) is False  # gone under its number too
+        with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+            add(a, print)
+    finally:
+        b.close()

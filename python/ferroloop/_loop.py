@@ -179,6 +179,7 @@ class Loop(  # type: ignore[misc]
         "_task_stats_group",
         "_transports",
         "_unix_server_sockets",
+        "_watched_objects",
         "slow_callback_duration",
     )
 
@@ -189,6 +190,8 @@ class Loop(  # type: ignore[misc]
         self._exception_handler: _ExceptionHandler | None = None
         self._default_executor: concurrent.futures.Executor | None = None
         self._executor_shutdown_called = False
+        # (fd, "r" or "w") -> the file object add_reader/add_writer got.
+        self._watched_objects = {}
         self._asyncgens: weakref.WeakSet[AsyncGenerator[Any, Any]] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._coroutine_origin_tracking_enabled = False
@@ -312,6 +315,7 @@ class Loop(  # type: ignore[misc]
         if self.get_debug():
             logger.debug("Close %r", self)
         self._close_native()
+        self._watched_objects.clear()
         self._close_child_watching()
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -664,11 +668,12 @@ class Loop(  # type: ignore[misc]
         """Start watching the file descriptor for read availability."""
         self._ensure_fd_no_transport(fd)
         self._add_reader(fd, callback, *args)
+        self._remember_object(fd, "r")
 
     def remove_reader(self, fd: FileDescriptorLike) -> bool:
         """Stop watching the file descriptor for read availability."""
         self._ensure_fd_no_transport(fd)
-        return self._remove_reader(fd)
+        return self._remove_watch(fd, "r", self._remove_reader)
 
     def add_writer(
         self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
@@ -676,11 +681,43 @@ class Loop(  # type: ignore[misc]
         """Start watching the file descriptor for write availability."""
         self._ensure_fd_no_transport(fd)
         self._add_writer(fd, callback, *args)
+        self._remember_object(fd, "w")
 
     def remove_writer(self, fd: FileDescriptorLike) -> bool:
         """Stop watching the file descriptor for write availability."""
         self._ensure_fd_no_transport(fd)
-        return self._remove_writer(fd)
+        return self._remove_watch(fd, "w", self._remove_writer)
+
+    # NOTE: asyncio's selector keeps the file object it was given, and finds
+    # a registration by that object when its fileno() no longer answers:
+    # "sock.close(); loop.remove_reader(sock)" removes it (True). The
+    # native watchers know fds only, so the objects are kept here, for that
+    # case alone (an int fd costs nothing).
+
+    def _remember_object(self, fd, direction):
+        if isinstance(fd, int):
+            self._watched_objects.pop((fd, direction), None)
+        else:
+            self._watched_objects[(int(fd.fileno()), direction)] = fd
+
+    def _remove_watch(self, fd, direction, remove):
+        if not isinstance(fd, int):
+            try:
+                fileno = int(fd.fileno())
+            except Exception:
+                return remove(fd)  # the native lookup's own error
+            if fileno < 0:
+                # Closed since: its registration, found by the object.
+                for key, obj in self._watched_objects.items():
+                    if obj is fd and key[1] == direction:
+                        del self._watched_objects[key]
+                        return remove(key[0])
+                return remove(fd)  # asyncio's ValueError
+            fd_key = (fileno, direction)
+        else:
+            fd_key = (fd, direction)
+        self._watched_objects.pop(fd_key, None)
+        return remove(fd)
 
 
 # The largest fd number (a C int).
