@@ -191,7 +191,7 @@ class Loop(  # type: ignore[misc]
         self._default_executor: concurrent.futures.Executor | None = None
         self._executor_shutdown_called = False
         # (fd, "r" or "w") -> the file object add_reader/add_writer got.
-        self._watched_objects = {}
+        self._watched_objects: dict[tuple[int, str], Any] = {}
         self._asyncgens: weakref.WeakSet[AsyncGenerator[Any, Any]] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._coroutine_origin_tracking_enabled = False
