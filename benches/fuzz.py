@@ -10,6 +10,7 @@ smallest one that still differs, and exits 1.
     python3 benches/fuzz.py --calls 20000 --seed 7
     python3 benches/fuzz.py --keep-going         # report every mismatch
     python3 benches/fuzz.py --check-known        # known defects included
+    python3 benches/fuzz.py --check-known nan_timer_order
 
 The program being run is written to --crash-file first (a crash of the
 interpreter leaves it there: the program that crashed it).
@@ -49,15 +50,24 @@ def main(argv=None):
     parser.add_argument("--shrink-budget", type=float, default=180.0, help="seconds per shrink")
     parser.add_argument(
         "--check-known",
-        action="store_true",
-        help="do not leave out the known defects (fuzz_engine.KNOWN_DEFECTS): are they fixed?",
+        nargs="*",
+        metavar="NAME",
+        help="do not leave out these known defects (fuzz_engine.KNOWN_DEFECTS; all of them "
+        "without a NAME): are they fixed?",
+    )
+    parser.add_argument(
+        "--max-reports",
+        type=int,
+        default=5,
+        help="with --keep-going: shrink and print at most this many mismatches",
     )
     parser.add_argument(
         "--crash-file", default="/tmp/ferroloop-fuzz-current.txt", help="the program being run"
     )
     args = parser.parse_args(argv)
-    if args.check_known:
-        fe.KNOWN_DEFECTS.clear()
+    if args.check_known is not None:
+        for name in args.check_known or list(fe.KNOWN_DEFECTS):
+            del fe.KNOWN_DEFECTS[name]
 
     stats = {
         "programs": 0,
@@ -129,8 +139,9 @@ def main(argv=None):
         crash_file.unlink(missing_ok=True)
         print("OK: no mismatch")
         return 0
+    print(f"\n{len(found)} program(s) differ")
     seen = set()
-    for program in found:
+    for program in found[: args.max_reports]:
         print(f"\nmismatch ({len(program)} ops); shrinking ...", flush=True)
         small = fe.shrink(program, fe.mismatches, budget=args.shrink_budget)
         try:
