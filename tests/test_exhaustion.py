@@ -159,11 +159,16 @@ def test_new_sockets_out_of_fds(loop, run):
                 await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
             assert info.value.errno == errno.EMFILE
             # asyncio's create_server takes a failing socket() for an
-            # address family the host lacks and skips the address: a server
-            # with no sockets, not an error.
-            empty = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
-            assert empty.sockets == ()
-            empty.close()
+            # address family the host lacks and skips the address: up to
+            # 3.12 a server with no sockets, from 3.13 on an error that no
+            # address could be bound.
+            if sys.version_info >= (3, 13):
+                with pytest.raises(OSError, match="could not bind on any address"):
+                    await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+            else:
+                empty = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+                assert empty.sockets == ()
+                empty.close()
             with pytest.raises(OSError) as info:
                 await loop.create_datagram_endpoint(
                     asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
@@ -354,8 +359,15 @@ def test_unix_datagram_send_eagain_buffers_in_order(loop, run, tmp_path):
         assert len(got) == n
         assert [int.from_bytes(d[:4], "big") for d in got] == list(range(n))
         assert all(d == d[:4] * (size // 4) for d in got)
-        assert tr.get_write_buffer_size() == 0
-        assert proto.events == ["pause", "resume"]
+        if sys.version_info[:3] != (3, 13, 0):
+            assert tr.get_write_buffer_size() == 0
+            assert proto.events == ["pause", "resume"]
+        else:
+            # 3.13.0's datagram transport (asyncio's code, which both loops
+            # run) counts 8 header bytes per datagram it buffers and takes
+            # back only the payload: its count never returns to 0, and here
+            # stays above the low-water mark, so resume_writing never comes.
+            assert proto.events == ["pause"]
         tr.close()
         await asyncio.sleep(0)
 
